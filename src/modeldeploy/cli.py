@@ -1,0 +1,60 @@
+"""The `modeldeploy` command: one CLI for the operator, the local cluster, training, serving and trying a spec."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+
+class CommandModule(Protocol):
+    """A subcommand lives in a light module: it adds its options, and imports its heavy parts only in run()."""
+
+    HELP: str
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+# name -> module; each module is imported when the parser is built, so it must import nothing heavy at top level.
+COMMANDS: dict[str, str] = {
+    "cluster": "modeldeploy.cluster.cli",
+    "train": "modeldeploy_training.cli",
+    "serve": "modeldeploy_serving.cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modeldeploy",
+        description="Train, compress, serve and scale a model from one ModelDeployment.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = cast(CommandModule, importlib.import_module(module_name))
+        command = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.configure_parser(command)
+        command.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = cast(CommandModule, args._module)
+    try:
+        return module.run(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
