@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CLUSTER ?= modeldeploy
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv test test-unit lint cluster-binaries cluster-up cluster-down cluster-status install uninstall run demo bench clean
+.PHONY: help venv test test-unit lint cluster-binaries cluster-up cluster-down cluster-status demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ test: venv cluster-binaries ## everything: lint, unit tests, and the integration
 
 test-unit: venv ## only the tests that need no cluster
 	$(BIN)/pytest -m 'not cluster'
+
+# The operator's targets (install, uninstall, run, deploy) live beside its code.
+-include operator/operator.mk
 
 clean: ## remove the virtual environment (the binary cache stays, outside the tree)
 	rm -rf $(VENV)

@@ -21,6 +21,7 @@ class CommandModule(Protocol):
 
 # name -> module; each module is imported when the parser is built, so it must import nothing heavy at top level.
 COMMANDS: dict[str, str] = {
+    "operator": "modeldeploy_operator.cli",
     "cluster": "modeldeploy.cluster.cli",
     "train": "modeldeploy_training.cli",
     "serve": "modeldeploy_serving.cli",
