@@ -65,7 +65,15 @@ def spec_hash(spec: dict[str, Any]) -> str:
         relevant["training"] = {
             k: v
             for k, v in training.items()
-            if k not in {"resources", "nodeSelector", "tolerations", "podAnnotations", "activeDeadlineSeconds", "backoffLimit"}
+            if k
+            not in {
+                "resources",
+                "nodeSelector",
+                "tolerations",
+                "podAnnotations",
+                "activeDeadlineSeconds",
+                "backoffLimit",
+            }
         }
     return hashlib.sha256(canonical_json(relevant).encode()).hexdigest()
 
@@ -78,11 +86,7 @@ def model_version(spec_digest: str, data_fingerprint: str | None) -> str:
 
 def is_complete_version(path: Path) -> bool:
     """A version directory counts only when its rename happened and it holds both the model and its card."""
-    return (
-        not path.name.startswith(".")
-        and (path / MODEL_FILE).is_file()
-        and (path / MODEL_CARD_FILE).is_file()
-    )
+    return not path.name.startswith(".") and (path / MODEL_FILE).is_file() and (path / MODEL_CARD_FILE).is_file()
 
 
 def read_model_card(version_dir: Path) -> dict[str, Any] | None:

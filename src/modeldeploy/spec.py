@@ -48,9 +48,8 @@ def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
                 out[name] = apply_defaults(out[name], sub)
         extra = schema.get("additionalProperties")
         if isinstance(extra, dict):
-            for name in out:
-                if name not in schema.get("properties", {}):
-                    out[name] = apply_defaults(out[name], extra)
+            known = schema.get("properties", {})
+            out.update({k: apply_defaults(v, extra) for k, v in out.items() if k not in known})
         return out
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [apply_defaults(item, schema["items"]) for item in value]

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Builds the local control plane's binaries from the official Go modules, once per version, into a cache outside
+# the work tree. A second run finds them and builds nothing. Prints the bin directory as its last line.
+#
+# Why a wrapper module: k8s.io/kubernetes requires its ~30 staging modules at v0.0.0 with local replaces, and
+# replaces only apply in the main module, so `go install k8s.io/kubernetes/cmd/...@v` cannot work. The wrapper
+# requires k8s.io/kubernetes and replaces each staging module with its published v0.<minor>.<patch> tag.
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.34.4}"
+ETCD_VERSION="${ETCD_VERSION:-v3.5.35}"
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+CACHE="${MODELDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modeldeploy}"
+BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+
+die() { echo "build-binaries: $*" >&2; exit 1; }
+have_all() {
+  for b in "${K8S_CMDS[@]}" etcd kwok; do [ -x "$BIN/$b" ] || return 1; done
+}
+
+if have_all; then echo "$BIN"; exit 0; fi
+
+command -v go >/dev/null 2>&1 || die "Go is not installed (need go >= 1.24 on PATH; Debian: apt-get install golang, or the go.dev toolchain)."
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+mkdir -p "$BIN" "$CACHE/logs"
+LOG="$CACHE/logs/build-$(date +%s).log"
+
+run_logged() {  # run a build step, keeping its output; on failure show the tail and where the whole log is
+  local what="$1"; shift
+  echo "build-binaries: $what ..." >&2
+  local start=$SECONDS
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "build-binaries: $what FAILED; last lines of $LOG:" >&2
+    tail -n 30 "$LOG" >&2
+    exit 1
+  fi
+  echo "build-binaries: $what done in $((SECONDS - start)) s" >&2
+}
+
+build_kubernetes() {
+  local work="$CACHE/src/k8s-$K8S_VERSION"
+  mkdir -p "$work"
+  local gomod
+  gomod=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+  [ -f "$gomod" ] || die "could not fetch k8s.io/kubernetes@$K8S_VERSION's go.mod from the module proxy"
+  local minor_patch="v0.${K8S_VERSION#v1.}"
+  {
+    echo "module modeldeploy.local/k8s-build"
+    echo
+    grep -E '^go ' "$gomod"
+    grep -E '^godebug ' "$gomod" || true
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    echo "replace ("
+    # Every staging module the release requires at v0.0.0 becomes its published tag.
+    grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$gomod" | awk -v v="$minor_patch" '{print "\t" $1 " => " $1 " " v}'
+    echo ")"
+  } > "$work/go.mod"
+  printf 'package tools\n\nimport (\n' > "$work/tools.go"
+  for c in "${K8S_CMDS[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c" >> "$work/tools.go"; done
+  printf ')\n' >> "$work/tools.go"
+  sed -i '1i //go:build tools' "$work/tools.go"
+  run_logged "resolving Kubernetes $K8S_VERSION modules" bash -c "cd '$work' && go mod tidy"
+  local pkg=k8s.io/component-base/version cpkg=k8s.io/client-go/pkg/version
+  local major=1 minor
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+  local ld="-s -w"
+  for p in $pkg $cpkg; do
+    ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  local targets=()
+  for c in "${K8S_CMDS[@]}"; do targets+=("k8s.io/kubernetes/cmd/$c"); done
+  run_logged "compiling ${K8S_CMDS[*]} $K8S_VERSION" bash -c "cd '$work' && go build -trimpath -ldflags '$ld' -o '$BIN/' ${targets[*]}"
+}
+
+build_etcd() {
+  local work="$CACHE/src/etcd-$ETCD_VERSION"
+  mkdir -p "$work"
+  cat > "$work/go.mod" <<MOD
+module modeldeploy.local/etcd-build
+
+go 1.23
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+MOD
+  printf '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n' > "$work/tools.go"
+  run_logged "resolving etcd $ETCD_VERSION modules" bash -c "cd '$work' && go mod tidy"
+  run_logged "compiling etcd $ETCD_VERSION" bash -c "cd '$work' && go build -trimpath -ldflags '-s -w' -o '$BIN/etcd' go.etcd.io/etcd/server/v3"
+}
+
+build_kwok() {
+  run_logged "compiling kwok $KWOK_VERSION" env GOBIN="$BIN" go install -trimpath -ldflags '-s -w' "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+}
+
+[ -x "$BIN/etcd" ] || build_etcd
+[ -x "$BIN/kwok" ] || build_kwok
+have_all || build_kubernetes
+have_all || die "build finished but binaries are missing in $BIN"
+echo "$BIN"

@@ -1,0 +1,44 @@
+"""The `modeldeploy cluster` subcommand: bring the local control plane up and down."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+HELP = "run a local Kubernetes control plane (etcd, apiserver, controllers, scheduler, kwok) on 127.0.0.1"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "examples:\n"
+        "  export KUBECONFIG=$(modeldeploy cluster up | tail -1)\n"
+        "  modeldeploy cluster status --name demo\n"
+        "  modeldeploy cluster down\n"
+    )
+    parser.add_argument("action", choices=["up", "down", "status"], help="what to do")
+    parser.add_argument("--name", default="modeldeploy", help="cluster name; its state lives in a directory of its own")
+    parser.add_argument("--nodes", type=int, default=3, help="fake (kwok) nodes to register (default: 3)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from modeldeploy.cluster.local import ClusterError, LocalCluster  # noqa: PLC0415 (keep --help fast)
+    from modeldeploy.cluster.pki import PkiError  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    cluster = LocalCluster(args.name, nodes=args.nodes)
+    try:
+        if args.action == "up":
+            kubeconfig = cluster.up()
+            sys.stderr.write(f"cluster {args.name} is up; kubectl --kubeconfig {kubeconfig} get nodes\n")
+            sys.stdout.write(f"{kubeconfig}\n")
+        elif args.action == "down":
+            stopped = cluster.down()
+            sys.stderr.write(f"cluster {args.name}: stopped {', '.join(stopped) or 'nothing (it was not running)'}\n")
+        else:
+            sys.stdout.write(json.dumps(cluster.status(), indent=2) + "\n")
+    except (ClusterError, PkiError) as err:
+        sys.stderr.write(f"modeldeploy cluster {args.action}: {err}\n")
+        return 1
+    return 0

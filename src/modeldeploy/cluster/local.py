@@ -1,0 +1,561 @@
+"""A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver, controller-manager, scheduler and kwok.
+
+Every process is started by us, recorded by PID (and its start time, so a recycled PID is never killed) in the
+cluster's state directory, and stopped by `down`. The state directory is one per cluster name, so a test run and a
+demo run side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from modeldeploy.cluster.pki import make_pki
+
+log = logging.getLogger(__name__)
+
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"
+FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+BINARIES = (*COMPONENTS, "kubectl")
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot be brought up or down; the message says why and what to do (no traceback for users)."""
+
+
+def default_state_root() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(os.environ.get("MODELDEPLOY_STATE_DIR", str(Path(base) / "modeldeploy" / "clusters")))
+
+
+def find_binaries(build: bool = True) -> Path:
+    """The directory with the control plane's binaries, building them (once, cached) when they are missing."""
+    override = os.environ.get("MODELDEPLOY_BIN_DIR")
+    if override:
+        path = Path(override)
+        missing = [b for b in BINARIES if not (path / b).is_file()]
+        if missing:
+            raise ClusterError(f"MODELDEPLOY_BIN_DIR={path} lacks {', '.join(missing)}")
+        return path
+    script = resources.files("modeldeploy.cluster").joinpath("build-binaries.sh")
+    if not build:
+        raise ClusterError("the control plane's binaries are not built: run `make cluster-binaries`")
+    with resources.as_file(script) as script_path:
+        result = subprocess.run(["bash", str(script_path)], stdout=subprocess.PIPE, text=True, check=False)
+    if result.returncode != 0:
+        raise ClusterError("building the control plane's binaries failed (the lines above say why)")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now, all different (held open together while choosing)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def port_is_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of a process (field 22 of /proc/PID/stat), None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie has exited: it holds no port and needs only reaping
+        return None
+    return fields[19]
+
+
+@dataclass
+class ClusterState:
+    """What `up` recorded and `down` reads: ports, processes and where things are."""
+
+    name: str
+    directory: Path
+    bin_dir: str = ""
+    owner_pid: int = 0
+    ports: dict[str, int] = field(default_factory=dict)
+    processes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def file(self) -> Path:
+        return self.directory / "cluster.json"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.directory / "kubeconfig"
+
+    def save(self) -> None:
+        data = {
+            "name": self.name,
+            "bin_dir": self.bin_dir,
+            "owner_pid": self.owner_pid,
+            "ports": self.ports,
+            "processes": self.processes,
+        }
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        tmp.replace(self.file)
+
+    @classmethod
+    def load(cls, directory: Path) -> ClusterState | None:
+        try:
+            data = json.loads((directory / "cluster.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        return cls(
+            name=data["name"],
+            directory=directory,
+            bin_dir=data.get("bin_dir", ""),
+            owner_pid=data.get("owner_pid", 0),
+            ports=data.get("ports", {}),
+            processes=data.get("processes", {}),
+        )
+
+
+class LocalCluster:
+    """One named local control plane. `up()` returns the kubeconfig; `down()` leaves nothing behind."""
+
+    def __init__(self, name: str = "modeldeploy", *, state_root: Path | None = None, nodes: int = 3) -> None:
+        if not name or not all(c.isalnum() or c in "-_" for c in name):
+            raise ClusterError(f"cluster name {name!r} must be letters, digits, '-' or '_'")
+        self.name = name
+        self.nodes = nodes
+        self.directory = (state_root or default_state_root()) / name
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.directory / "kubeconfig"
+
+    # ---- up -------------------------------------------------------------------------------------------------
+
+    def up(self, bin_dir: Path | None = None, owner_pid: int = 0) -> Path:
+        existing = ClusterState.load(self.directory)
+        if existing is not None:
+            if self._all_running(existing) and self._api_ready(existing):
+                log.info("cluster %s is already up", self.name)
+                return existing.kubeconfig
+            log.info("cluster %s has stale state (a component is gone): cleaning it up first", self.name)
+            self.down()
+        bins = bin_dir or find_binaries()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for sub in ("logs", "pki", "certs"):
+            (self.directory / sub).mkdir(exist_ok=True)
+        names = ["etcd-client", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok"]
+        state = ClusterState(
+            name=self.name,
+            directory=self.directory,
+            bin_dir=str(bins),
+            owner_pid=owner_pid,
+            ports=dict(zip(names, free_ports(len(names)), strict=True)),
+        )
+        state.save()
+        started = time.monotonic()
+        try:
+            make_pki(self.directory / "pki", SERVICE_IP)
+            self._write_kubeconfig(state)
+            self._start(state, "etcd", self._etcd_args(state))
+            self._wait_healthy(state, "etcd", f"http://127.0.0.1:{state.ports['etcd-client']}/health", 30)
+            self._start(state, "kube-apiserver", self._apiserver_args(state))
+            self._wait_healthy(state, "kube-apiserver", f"https://127.0.0.1:{state.ports['apiserver']}/readyz", 60)
+            self._start(state, "kube-controller-manager", self._controller_manager_args(state))
+            self._start(state, "kube-scheduler", self._scheduler_args(state))
+            self._start(state, "kwok", self._kwok_args(state))
+            self._bootstrap_objects(state)
+            self._wait_healthy(
+                state, "kube-controller-manager", f"https://127.0.0.1:{state.ports['controller-manager']}/healthz", 30
+            )
+            self._wait_healthy(state, "kube-scheduler", f"https://127.0.0.1:{state.ports['scheduler']}/healthz", 30)
+            self._wait_nodes_ready(state)
+        except BaseException:
+            self.down()
+            raise
+        log.info("cluster %s is up in %.1f s", self.name, time.monotonic() - started)
+        return state.kubeconfig
+
+    def _start(self, state: ClusterState, component: str, args: list[str]) -> None:
+        binary = Path(state.bin_dir) / component
+        port_keys = {
+            "etcd": ["etcd-client", "etcd-peer"],
+            "kube-apiserver": ["apiserver"],
+            "kube-controller-manager": ["controller-manager"],
+            "kube-scheduler": ["scheduler"],
+            "kwok": ["kwok"],
+        }[component]
+        for key in port_keys:
+            if port_is_taken(state.ports[key]):
+                raise ClusterError(f"port {state.ports[key]} on 127.0.0.1 ({component}) is taken by another process")
+        log_path = self.directory / "logs" / f"{component}.log"
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen(
+                [str(binary), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.directory,
+                start_new_session=True,  # its own process group: a Ctrl-C in the caller's terminal is not its end
+            )
+        state.processes[component] = {
+            "pid": proc.pid,
+            "start_time": process_start_time(proc.pid),
+            "log": str(log_path),
+        }
+        state.save()
+
+    def _log_tail(self, component: str, lines: int = 25) -> str:
+        path = self.directory / "logs" / f"{component}.log"
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+    def _check_alive(self, state: ClusterState, component: str) -> None:
+        info = state.processes.get(component)
+        if info is None or process_start_time(info["pid"]) != info["start_time"]:
+            raise ClusterError(
+                f"{component} exited during start-up; last lines of {self.directory / 'logs' / component}.log:\n"
+                f"{self._log_tail(component)}"
+            )
+
+    def _ssl_context(self, verify: bool) -> ssl.SSLContext:
+        pki = self.directory / "pki"
+        if verify:
+            ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        else:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        return ctx
+
+    def _get(self, url: str, timeout: float = 2.0) -> int:
+        ctx = None
+        if url.startswith("https://"):
+            ctx = self._ssl_context(verify=url.startswith(f"https://127.0.0.1:{self._apiserver_port()}"))
+        try:
+            with urllib.request.urlopen(url, timeout=timeout, context=ctx) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+        except (urllib.error.URLError, OSError):
+            return 0
+
+    def _apiserver_port(self) -> int:
+        state = ClusterState.load(self.directory)
+        return state.ports.get("apiserver", -1) if state else -1
+
+    def _wait_healthy(self, state: ClusterState, component: str, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive(state, component)
+            if self._get(url) == 200:
+                return
+            time.sleep(0.1)
+        raise ClusterError(
+            f"{component} did not become healthy at {url} within {timeout:g} s; last lines of its log:\n"
+            f"{self._log_tail(component)}"
+        )
+
+    def _api_ready(self, state: ClusterState) -> bool:
+        return self._get(f"https://127.0.0.1:{state.ports.get('apiserver', 0)}/readyz") == 200
+
+    def _write_kubeconfig(self, state: ClusterState) -> None:
+        pki = self.directory / "pki"
+        server = f"https://127.0.0.1:{state.ports['apiserver']}"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": self.name, "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")}}
+            ],
+            "users": [
+                {
+                    "name": f"{self.name}-admin",
+                    "user": {"client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")},
+                }
+            ],
+            "contexts": [{"name": self.name, "context": {"cluster": self.name, "user": f"{self.name}-admin"}}],
+            "current-context": self.name,
+        }
+        state.kubeconfig.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+    def _etcd_args(self, state: ClusterState) -> list[str]:
+        client = f"http://127.0.0.1:{state.ports['etcd-client']}"
+        peer = f"http://127.0.0.1:{state.ports['etcd-peer']}"
+        return [
+            f"--name={self.name}",
+            f"--data-dir={self.directory / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster={self.name}={peer}",
+            "--unsafe-no-fsync",  # a throw-away cluster: durability is not worth the disk waits
+            "--log-level=warn",
+        ]
+
+    def _apiserver_args(self, state: ClusterState) -> list[str]:
+        pki = self.directory / "pki"
+        return [
+            f"--etcd-servers=http://127.0.0.1:{state.ports['etcd-client']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={state.ports['apiserver']}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            # The default Service's endpoint would be 127.0.0.1, which Endpoints reject; nothing in-cluster needs it.
+            "--endpoint-reconciler-type=none",
+            f"--cert-dir={self.directory / 'certs'}",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _component_kubeconfig_args(self, state: ClusterState) -> list[str]:
+        kc = str(state.kubeconfig)
+        return [f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}"]
+
+    def _controller_manager_args(self, state: ClusterState) -> list[str]:
+        pki = self.directory / "pki"
+        return [
+            *self._component_kubeconfig_args(state),
+            "--leader-elect=false",
+            "--controllers=*",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={state.ports['controller-manager']}",
+            f"--cert-dir={self.directory / 'certs'}",
+            # Fake nodes have no kubelet to report a pod gone: do not wait minutes before evicting from a lost node.
+            "--node-monitor-grace-period=40s",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _scheduler_args(self, state: ClusterState) -> list[str]:
+        return [
+            *self._component_kubeconfig_args(state),
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={state.ports['scheduler']}",
+            f"--cert-dir={self.directory / 'certs'}",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _kwok_args(self, state: ClusterState) -> list[str]:
+        stages = self.directory / "kwok-stages.yaml"
+        stage_dir = resources.files("modeldeploy.cluster").joinpath("stages")
+        docs = [
+            stage_dir.joinpath(name).read_text(encoding="utf-8")
+            for name in sorted(p.name for p in stage_dir.iterdir() if p.name.endswith(".yaml"))
+        ]
+        stages.write_text("\n---\n".join(docs), encoding="utf-8")
+        return [
+            f"--kubeconfig={state.kubeconfig}",
+            f"--config={stages}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
+            f"--server-address=127.0.0.1:{state.ports['kwok']}",
+            "--cidr=10.244.0.1/16",
+            "--node-ip=10.243.0.1",
+            "--node-lease-duration-seconds=40",
+            "--v=INFO",
+        ]
+
+    def kubectl(self, *args: str, input_text: str | None = None, bin_dir: str | None = None) -> str:
+        state = ClusterState.load(self.directory)
+        binary = str(Path(bin_dir or (state.bin_dir if state else "")) / "kubectl")
+        result = subprocess.run(
+            [binary, f"--kubeconfig={self.kubeconfig}", *args],
+            input=input_text,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def _bootstrap_objects(self, state: ClusterState) -> None:
+        """The default StorageClass (kwok binds its claims) and the fake Nodes."""
+        docs = [resources.files("modeldeploy.cluster").joinpath("storage-class.yaml").read_text(encoding="utf-8")]
+        for i in range(self.nodes):
+            docs.append(
+                json.dumps(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Node",
+                        "metadata": {
+                            "name": f"kwok-node-{i}",
+                            "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                            "labels": {
+                                "type": "kwok",
+                                "kubernetes.io/hostname": f"kwok-node-{i}",
+                                "kubernetes.io/os": "linux",
+                                "kubernetes.io/arch": "amd64",
+                                "node-role.kubernetes.io/agent": "",
+                            },
+                        },
+                        "status": {
+                            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "1000"},
+                            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "1000"},
+                        },
+                    }
+                )
+            )
+        self.kubectl("apply", "-f", "-", input_text="\n---\n".join(docs), bin_dir=state.bin_dir)
+
+    def _wait_nodes_ready(self, state: ClusterState) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            for component in COMPONENTS:
+                self._check_alive(state, component)
+            out = self.kubectl(
+                "get",
+                "nodes",
+                "-l",
+                "type=kwok",
+                "-o",
+                'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
+                bin_dir=state.bin_dir,
+            )
+            if out.split().count("True") >= self.nodes:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"fake nodes not Ready after 30 s; kwok's log:\n{self._log_tail('kwok')}")
+            time.sleep(0.2)
+
+    # ---- down / status --------------------------------------------------------------------------------------
+
+    def _all_running(self, state: ClusterState) -> bool:
+        return all(
+            c in state.processes and process_start_time(state.processes[c]["pid"]) == state.processes[c]["start_time"]
+            for c in COMPONENTS
+        )
+
+    def down(self) -> list[str]:
+        """Stop exactly what `up` started (by PID and start time), then remove the state. Returns what it stopped."""
+        state = ClusterState.load(self.directory)
+        stopped: list[str] = []
+        if state is not None:
+            alive = {
+                c: info["pid"]
+                for c, info in state.processes.items()
+                if process_start_time(info["pid"]) == info.get("start_time") and info.get("start_time")
+            }
+            for pid in alive.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline and any(
+                process_start_time(pid) == state.processes[c]["start_time"] for c, pid in alive.items()
+            ):
+                _reap()
+                time.sleep(0.05)
+            for c, pid in alive.items():
+                if process_start_time(pid) == state.processes[c]["start_time"]:
+                    log.warning("%s (pid %d) ignored SIGTERM for 4 s: killing it", c, pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                stopped.append(c)
+            _reap()
+            busy = [p for p in state.ports.values() if port_is_taken(p)]
+            if busy:
+                log.warning("ports still answering after stop: %s", busy)
+        if self.directory.exists():
+            shutil.rmtree(self.directory, ignore_errors=True)
+        return stopped
+
+    def status(self) -> dict[str, Any]:
+        state = ClusterState.load(self.directory)
+        if state is None:
+            return {"name": self.name, "up": False, "components": {}}
+        components = {
+            c: {
+                "pid": info["pid"],
+                "running": process_start_time(info["pid"]) == info.get("start_time"),
+                "log": info.get("log"),
+            }
+            for c, info in state.processes.items()
+        }
+        return {
+            "name": self.name,
+            "up": self._all_running(state) and self._api_ready(state),
+            "kubeconfig": str(state.kubeconfig),
+            "ports": state.ports,
+            "components": components,
+        }
+
+
+def _reap() -> None:
+    """Collect exited children of this process (when `up` and `down` run in one process, as in tests)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def clean_orphans(prefix: str, state_root: Path | None = None) -> list[str]:
+    """Bring down clusters named `prefix*` whose owner process is gone (a test run that was killed)."""
+    root = state_root or default_state_root()
+    removed: list[str] = []
+    if not root.exists():
+        return removed
+    for directory in root.iterdir():
+        if not directory.name.startswith(prefix):
+            continue
+        state = ClusterState.load(directory)
+        owner = state.owner_pid if state else 0
+        if owner and Path(f"/proc/{owner}").exists():
+            continue
+        LocalCluster(directory.name, state_root=root).down()
+        removed.append(directory.name)
+    return removed
+
+
+if __name__ == "__main__":  # pragma: no cover - a debugging aid
+    logging.basicConfig(level=logging.INFO)
+    print(LocalCluster(sys.argv[1] if len(sys.argv) > 1 else "modeldeploy").up())
