@@ -1,1 +1,3 @@
-"""Placeholder; filled in by its issue."""
+"""The inference server of modeldeploy: onnxruntime behind the Open Inference Protocol (REST and gRPC)."""
+
+__version__ = "0.1.0"

@@ -1,16 +1,77 @@
-"""The `modeldeploy serving` subcommand (options only; the work is imported when it runs)."""
+"""The `modeldeploy serve` subcommand: options only; the server is imported when the command runs."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "not implemented yet"
+HELP = (
+    "Serve an ONNX model over the Open Inference Protocol (REST and gRPC). Settings come from MODELDEPLOY_* "
+    "environment variables (docs/contracts/serving.md); an option given here wins."
+)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    del parser
+    add = parser.add_argument
+    add(
+        "--model-dir",
+        help="version directory of the artifact, or any directory with model.onnx (MODELDEPLOY_MODEL_DIR)",
+    )
+    add("--model-name", help="name in /v2/models/{name} (MODELDEPLOY_MODEL_NAME; default: the card's, else the dir's)")
+    add(
+        "--model-version", help="version reported and accepted (MODELDEPLOY_MODEL_VERSION; default: the card's, else 1)"
+    )
+    add("--host", help="address to bind (MODELDEPLOY_HOST, default 0.0.0.0)")
+    add("--http-port", type=int, help="REST port (MODELDEPLOY_HTTP_PORT, default 8080)")
+    add("--grpc-port", type=int, help="gRPC port, 0 turns it off (MODELDEPLOY_GRPC_PORT, default 8081)")
+    add("--intra-op-threads", type=int, help="onnxruntime intra-op threads (MODELDEPLOY_INTRA_OP_THREADS, default 1)")
+    add(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dynamic batching (MODELDEPLOY_BATCHING, default on)",
+    )
+    add("--max-batch-size", type=int, help="rows per model run at most (MODELDEPLOY_MAX_BATCH_SIZE, default 32)")
+    add(
+        "--max-queue-delay-us",
+        type=int,
+        help="how long a queued request waits for others at most (MODELDEPLOY_MAX_QUEUE_DELAY_US, default 2000)",
+    )
+    add("--max-request-bytes", type=int, help="larger bodies get 413 (MODELDEPLOY_MAX_REQUEST_BYTES, default 16 MiB)")
+    add(
+        "--shutdown-grace-seconds",
+        type=float,
+        help="bound on finishing in-flight requests after SIGTERM (MODELDEPLOY_SHUTDOWN_GRACE_SECONDS, default 20)",
+    )
+    add("--log-level", help="DEBUG, INFO, WARNING, ... (MODELDEPLOY_LOG_LEVEL, default INFO)")
 
 
 def run(args: argparse.Namespace) -> int:
-    del args
-    raise SystemExit("modeldeploy serving: not implemented yet")
+    # The server (onnxruntime, uvicorn, grpc) is imported only when the command runs: `modeldeploy --help` stays light.
+    import logging  # noqa: PLC0415
+
+    from modeldeploy_serving.errors import SettingsError  # noqa: PLC0415
+    from modeldeploy_serving.server import serve  # noqa: PLC0415
+    from modeldeploy_serving.settings import Settings  # noqa: PLC0415
+
+    names = (
+        "model_dir",
+        "model_name",
+        "model_version",
+        "host",
+        "http_port",
+        "grpc_port",
+        "intra_op_threads",
+        "batching",
+        "max_batch_size",
+        "max_queue_delay_us",
+        "max_request_bytes",
+        "shutdown_grace_seconds",
+        "log_level",
+    )
+    try:
+        settings = Settings.load(overrides={name: getattr(args, name, None) for name in names})
+    except SettingsError as err:
+        logging.basicConfig(format="%(levelname)s %(message)s")
+        logging.getLogger("modeldeploy_serving").error("%s", err)
+        return 2
+    return serve(settings)

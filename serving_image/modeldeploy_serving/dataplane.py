@@ -1,0 +1,260 @@
+"""The transport-agnostic data plane: health, metadata and inference on typed requests; REST and gRPC adapt to it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+from modeldeploy_serving import __version__
+from modeldeploy_serving.batching import Batcher, DirectRunner, Feeds
+from modeldeploy_serving.codecs import classify
+from modeldeploy_serving.errors import InvalidInput, ModelLoadError, ModelNotFound, NotReady, ServingError
+from modeldeploy_serving.metrics import Metrics
+from modeldeploy_serving.runtime import PLATFORM, ModelInfo, OnnxModel
+from modeldeploy_serving.settings import Settings
+from modeldeploy_serving.types import InferOutput, InferRequest, InferResponse, RequestedOutput
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME: Final = "modeldeploy"
+# The protocol extensions this server implements, as reported by GET /v2 and ServerMetadata.
+EXTENSIONS: Final = ("binary_tensor_data", "classification")
+
+
+class RequestScope:
+    """One inference request as the metrics see it: the adapter sets `code` when it knows the outcome."""
+
+    def __init__(self) -> None:
+        self.code = "200"
+
+
+class DataPlane:
+    """Owns the model and its runner; every method is what one endpoint of the protocol means."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._model: OnnxModel | None = None
+        self._runner: Batcher | DirectRunner | None = None
+        self._ready = False
+        self._shutting_down = False
+        self.batching = False
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    def load(self) -> ModelInfo:
+        """Load and warm up the model, start its runner, become ready. Blocking: call it off the event loop."""
+        started = time.perf_counter()
+        s = self.settings
+        model = OnnxModel.load(
+            s.model_dir, name=s.model_name, version=s.model_version, intra_op_threads=s.intra_op_threads
+        )
+        info = model.info
+        self.batching = s.batching and info.has_dynamic_batch
+        if s.batching and not info.has_dynamic_batch:
+            log.info("dynamic batching off: the model has no dynamic batch dimension on every input and output")
+        if info.has_dynamic_batch:
+            model.warm_up((1, s.max_batch_size) if self.batching and s.max_batch_size > 1 else (1,))
+        else:
+            model.warm_up((1,))
+        self.metrics.set_model(info.name)
+        if self.batching:
+            self._runner = Batcher(
+                model.predict,
+                max_batch_size=s.max_batch_size,
+                max_queue_delay=s.max_queue_delay_seconds,
+                on_batch=self.metrics.observe_batch,
+            )
+        else:
+            self._runner = DirectRunner(model.predict, on_batch=self.metrics.observe_batch)
+        self._runner.start()
+        self._model = model
+        seconds = time.perf_counter() - started
+        self.metrics.load_seconds.labels(info.name).set(seconds)
+        if not self._shutting_down:
+            self._ready = True
+        log.info(
+            "model %r version %r loaded from %s and warmed up in %.3f s (batching %s)",
+            info.name,
+            info.version,
+            s.model_dir,
+            seconds,
+            f"on, up to {s.max_batch_size} rows, {s.max_queue_delay_us} us" if self.batching else "off",
+        )
+        return info
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: not ready from now on, so that the endpoints stop sending; requests in flight still finish."""
+        self._shutting_down = True
+        self._ready = False
+
+    def stop(self, timeout: float | None = None) -> None:
+        """After the transports drained: run what is queued and stop the runner."""
+        if self._runner is not None:
+            self._runner.stop(timeout)
+
+    # --- health and metadata -------------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def info(self) -> ModelInfo | None:
+        return self._model.info if self._model is not None else None
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        info = self._resolve(name, version)
+        return {
+            "name": info.name,
+            "versions": [info.version],
+            "platform": PLATFORM,
+            "inputs": [t.as_dict() for t in info.inputs],
+            "outputs": [t.as_dict() for t in info.outputs],
+        }
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        self._resolve(name, version)
+        return self._ready
+
+    def _resolve(self, name: str, version: str | None) -> ModelInfo:
+        info = self.info
+        if info is None:
+            raise NotReady("the model is still loading")
+        if name != info.name:
+            raise ModelNotFound(f"unknown model {name!r}; this server serves {info.name!r}")
+        if version not in (None, "", info.version):
+            raise ModelNotFound(f"unknown version {version!r} of model {name!r}; this server serves {info.version!r}")
+        return info
+
+    # --- inference -----------------------------------------------------------------------------------------
+
+    @contextmanager
+    def request_scope(self, protocol: str) -> Iterator[RequestScope]:
+        """Count one inference request in the metrics (in flight, then by code and latency)."""
+        scope = RequestScope()
+        started = time.perf_counter()
+        self.metrics.in_flight_now.inc()
+        try:
+            yield scope
+        except ServingError as err:
+            scope.code = str(err.status)
+            raise
+        except BaseException:
+            scope.code = "500"
+            raise
+        finally:
+            self.metrics.in_flight_now.dec()
+            self.metrics.observe_request(protocol, scope.code, time.perf_counter() - started)
+
+    def expect(self) -> bool:
+        """Announce a request whose body is being read, so that a forming batch may wait for it (see batching)."""
+        if self._runner is None:
+            return False
+        self._runner.expect()
+        return True
+
+    def unexpect(self) -> None:
+        if self._runner is not None:
+            self._runner.unexpect()
+
+    async def infer(
+        self, name: str, version: str | None, request: InferRequest, *, expected: bool = False
+    ) -> InferResponse:
+        """Check the request against the model, run it (batched with others when possible), build the response."""
+        try:
+            info = self._resolve(name, version)
+            if self._shutting_down:
+                raise NotReady("the server is shutting down")
+            feeds = self._feeds(info, request)
+            requested = self._requested(info, request)
+            runner = self._runner
+            if runner is None:
+                raise NotReady("the model is still loading")
+            future = runner.submit(feeds, expected=expected)
+            expected = False
+        finally:
+            if expected:
+                self.unexpect()
+        results = await asyncio.wrap_future(future)
+        outputs: list[InferOutput] = []
+        for wanted in requested:
+            array = results[wanted.name]
+            binary = request.binary_outputs if wanted.binary is None else wanted.binary
+            if wanted.classification:
+                array = classify(array, wanted.classification, info.labels)
+                outputs.append(InferOutput(wanted.name, "BYTES", tuple(array.shape), array, binary))
+                continue
+            datatype = next(t.datatype for t in info.outputs if t.name == wanted.name)
+            outputs.append(InferOutput(wanted.name, datatype, tuple(array.shape), array, binary))
+        return InferResponse(
+            model_name=info.name, model_version=info.version, outputs=outputs, id=request.id, parameters={}
+        )
+
+    def _feeds(self, info: ModelInfo, request: InferRequest) -> Feeds:
+        """The request's inputs checked against the model's: names, datatypes, ranks, fixed dimensions, batch."""
+        if not request.inputs:
+            raise InvalidInput("the request has no inputs")
+        specs = {t.name: t for t in info.inputs}
+        feeds: Feeds = {}
+        for tensor in request.inputs:
+            spec = specs.get(tensor.name)
+            if spec is None:
+                raise InvalidInput(f"unknown input {tensor.name!r}; the model's inputs are {sorted(specs)}")
+            if tensor.name in feeds:
+                raise InvalidInput(f"input {tensor.name!r} is given twice")
+            if tensor.datatype != spec.datatype:
+                raise InvalidInput(
+                    f"input {tensor.name!r} has datatype {tensor.datatype}, the model needs {spec.datatype}"
+                )
+            if len(tensor.shape) != len(spec.shape) or any(
+                want not in (-1, got) for want, got in zip(spec.shape, tensor.shape, strict=True)
+            ):
+                raise InvalidInput(
+                    f"input {tensor.name!r} has shape {list(tensor.shape)}, the model needs {list(spec.shape)} "
+                    "(-1: any size)"
+                )
+            if any(dim == 0 for dim in tensor.shape):
+                raise InvalidInput(f"input {tensor.name!r} has shape {list(tensor.shape)}: no dimension may be 0")
+            feeds[tensor.name] = tensor.data
+        missing = sorted(set(specs) - set(feeds))
+        if missing:
+            raise InvalidInput(f"missing input(s) {missing}; the model's inputs are {sorted(specs)}")
+        if info.has_dynamic_batch:
+            batch_sizes = {array.shape[0] for array in feeds.values()}
+            if len(batch_sizes) > 1:
+                raise InvalidInput(f"inputs disagree on the batch size (first dimension): {sorted(batch_sizes)}")
+        return feeds
+
+    def _requested(self, info: ModelInfo, request: InferRequest) -> list[RequestedOutput]:
+        names = [t.name for t in info.outputs]
+        if request.outputs is None or not request.outputs:
+            return [RequestedOutput(name) for name in names]
+        seen: set[str] = set()
+        for wanted in request.outputs:
+            if wanted.name not in names:
+                raise InvalidInput(f"unknown output {wanted.name!r}; the model's outputs are {names}")
+            if wanted.name in seen:
+                raise InvalidInput(f"output {wanted.name!r} is requested twice")
+            seen.add(wanted.name)
+            if wanted.classification < 0:
+                raise InvalidInput(f"output {wanted.name!r}: classification must be a positive count")
+        return request.outputs
+
+
+def load_or_explain(plane: DataPlane) -> ModelInfo | None:
+    """Load the model; on failure log why in one line and return None (the caller exits non-zero)."""
+    try:
+        return plane.load()
+    except ModelLoadError as err:
+        log.error("cannot serve %s: %s", plane.settings.model_dir, err)
+        return None

@@ -1,0 +1,336 @@
+"""The REST adapter: Open Inference Protocol V2 (JSON and the binary tensor extension), TF-Serving :predict, /metrics.
+
+Endpoints are short: read the body within the size limit, decode to the typed request, call the data plane, encode.
+Every error leaves as {"error": "..."} with the status its type carries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import numpy as np
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modeldeploy_serving.codecs import check_shape, decode_json_data, decode_raw, encode_json_data, encode_raw
+from modeldeploy_serving.dataplane import DataPlane
+from modeldeploy_serving.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
+from modeldeploy_serving.types import InferInput, InferRequest, InferResponse, RequestedOutput
+
+log = logging.getLogger(__name__)
+
+HEADER_LENGTH: Final = "inference-header-content-length"
+_JSON: Final = "application/json"
+_ORJSON_OPTIONS: Final = orjson.OPT_SERIALIZE_NUMPY
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body, option=_ORJSON_OPTIONS), status_code=status, media_type=_JSON, headers=headers)
+
+
+def error_response(err: ServingError) -> Response:
+    return json_response({"error": err.message}, status=err.status)
+
+
+# --- pure codec: the V2 JSON request/response with the binary extension -----------------------------------------
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object")
+    return value
+
+
+def _parameters(value: Any, what: str) -> dict[str, Any]:
+    return {} if value is None else _object(value, f"{what} 'parameters'")
+
+
+def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+    """A V2 inference request from its body: JSON, or with the binary extension a JSON header then raw tensors."""
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    else:
+        if not 0 < header_length <= len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)} bytes"
+            )
+        header, binary = body[:header_length], memoryview(body)[header_length:]
+    try:
+        document = orjson.loads(header)
+    except orjson.JSONDecodeError as err:
+        raise InvalidInput(f"the request body is not valid JSON: {err}") from None
+    doc = _object(document, "the request body")
+    params = _parameters(doc.get("parameters"), "the request")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    inputs: list[InferInput] = []
+    offset = 0
+    for i, item in enumerate(raw_inputs):
+        tensor = _object(item, f"inputs[{i}]")
+        name = tensor.get("name")
+        datatype = tensor.get("datatype")
+        if not isinstance(name, str) or not isinstance(datatype, str):
+            raise InvalidInput(f"inputs[{i}] needs a string 'name' and a string 'datatype'")
+        shape = check_shape(name, tensor.get("shape"))
+        binary_size = _parameters(tensor.get("parameters"), f"input {name!r}").get("binary_data_size")
+        if binary_size is not None:
+            if isinstance(binary_size, bool) or not isinstance(binary_size, int) or binary_size < 0:
+                raise InvalidInput(f"input {name!r}: binary_data_size must be a non-negative integer")
+            if offset + binary_size > len(binary):
+                raise InvalidInput(f"input {name!r}: binary_data_size {binary_size} runs past the end of the body")
+            data = decode_raw(name, datatype, shape, binary[offset : offset + binary_size])
+            offset += binary_size
+        else:
+            if "data" not in tensor:
+                raise InvalidInput(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
+            data = decode_json_data(name, datatype, shape, tensor["data"])
+        inputs.append(InferInput(name, datatype, shape, data))
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data after the last input are not claimed")
+    outputs: list[RequestedOutput] | None = None
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise InvalidInput("'outputs' must be a list of {name, parameters}")
+        outputs = []
+        for i, item in enumerate(raw_outputs):
+            wanted = _object(item, f"outputs[{i}]")
+            name = wanted.get("name")
+            if not isinstance(name, str):
+                raise InvalidInput(f"outputs[{i}] needs a string 'name'")
+            oparams = _parameters(wanted.get("parameters"), f"output {name!r}")
+            binary_flag = oparams.get("binary_data")
+            if binary_flag is not None and not isinstance(binary_flag, bool):
+                raise InvalidInput(f"output {name!r}: binary_data must be true or false")
+            classification = oparams.get("classification", 0)
+            if isinstance(classification, bool) or not isinstance(classification, int) or classification < 0:
+                raise InvalidInput(f"output {name!r}: classification must be a non-negative integer")
+            outputs.append(RequestedOutput(name, binary_flag, classification))
+    binary_default = params.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise InvalidInput("parameter binary_data_output must be true or false")
+    return InferRequest(inputs, outputs, request_id, params, binary_default)
+
+
+def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it (else None)."""
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for out in response.outputs:
+        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
+        if out.binary:
+            blob = encode_raw(out.data)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = encode_json_data(out.data)
+        outputs.append(entry)
+    document: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
+    if response.id is not None:
+        document["id"] = response.id
+    if response.parameters:
+        document["parameters"] = response.parameters
+    header = orjson.dumps(document, option=_ORJSON_OPTIONS)
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)
+
+
+def decode_predict_request(body: bytes, input_specs: list[tuple[str, str]]) -> InferRequest:
+    """A TF-Serving `:predict` body ({"instances": [...]} row format or {"inputs": ...} columnar) as a V2 request."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise InvalidInput(f"the request body is not valid JSON: {err}") from None
+    doc = _object(document, "the request body")
+    names = [name for name, _ in input_specs]
+    columns: dict[str, Any]
+    if "instances" in doc:
+        instances = doc["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInput("'instances' must be a non-empty list")
+        if all(isinstance(row, dict) for row in instances):
+            columns = {name: [row.get(name) for row in instances] for name in names}
+        elif len(names) == 1:
+            columns = {names[0]: instances}
+        else:
+            raise InvalidInput(f"the model has inputs {names}: each instance must be an object naming them")
+    elif "inputs" in doc:
+        given = doc["inputs"]
+        columns = dict(given) if isinstance(given, dict) else ({names[0]: given} if len(names) == 1 else {})
+        if not columns:
+            raise InvalidInput(f"'inputs' must be an object naming the model's inputs {names}")
+    else:
+        raise InvalidInput("a :predict body needs 'instances' (rows) or 'inputs' (columns)")
+    inputs: list[InferInput] = []
+    datatypes = dict(input_specs)
+    for name, value in columns.items():
+        datatype = datatypes.get(name)
+        if datatype is None:
+            raise InvalidInput(f"unknown input {name!r}; the model's inputs are {names}")
+        try:
+            shape = tuple(int(d) for d in np.shape(value))
+        except ValueError:
+            raise InvalidInput(f"input {name!r}: instances are not all of the same shape") from None
+        inputs.append(InferInput(name, datatype, shape, decode_json_data(name, datatype, shape, value)))
+    return InferRequest(inputs)
+
+
+def encode_predict_response(response: InferResponse) -> bytes:
+    """TF-Serving's answer: {"predictions": rows} for one output, rows of {output: value} for several."""
+    if len(response.outputs) == 1:
+        predictions: Any = _rows(response.outputs[0].data)
+    else:
+        per_output = {out.name: _rows(out.data) for out in response.outputs}
+        count = len(next(iter(per_output.values())))
+        predictions = [{name: rows[i] for name, rows in per_output.items()} for i in range(count)]
+    return orjson.dumps({"predictions": predictions}, option=_ORJSON_OPTIONS)
+
+
+def _rows(array: Any) -> list[Any]:
+    if array.dtype.kind in "OSU":
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in array.tolist()]
+    return list(np.ascontiguousarray(array.astype(np.float32) if array.dtype == np.float16 else array))
+
+
+# --- the ASGI application ---------------------------------------------------------------------------------------
+
+
+def build_app(plane: DataPlane) -> Starlette:
+    """The Starlette application serving `plane` over HTTP."""
+    limit = plane.settings.max_request_bytes
+
+    async def read_body(request: Request) -> bytes:
+        """The body, refusing (413) as soon as it is known to be over the limit, before buffering it whole."""
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding != "identity":
+            raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise InvalidInput(f"Content-Length {declared!r} is not a number")
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
+            return await request.body()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def header_length(request: Request) -> int | None:
+        value = request.headers.get(HEADER_LENGTH)
+        if value is None:
+            return None
+        if not value.isdigit():
+            raise InvalidInput(f"Inference-Header-Content-Length {value!r} is not a number")
+        return int(value)
+
+    async def infer(request: Request) -> Response:
+        name = request.path_params["name"]
+        version = request.path_params.get("version")
+        expected = plane.expect()
+        try:
+            with plane.request_scope("rest") as scope:
+                try:
+                    decoded = decode_infer_request(await read_body(request), header_length(request))
+                    response = await plane.infer(name, version, decoded, expected=expected)
+                    expected = False
+                except ServingError as err:
+                    scope.code = str(err.status)
+                    return error_response(err)
+                body, json_length = encode_infer_response(response)
+        finally:
+            if expected:
+                plane.unexpect()
+        if json_length is None:
+            return Response(body, media_type=_JSON)
+        return Response(
+            body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(json_length)}
+        )
+
+    async def predict(request: Request) -> Response:
+        name = request.path_params["name"]
+        version = request.path_params.get("version")
+        with plane.request_scope("rest") as scope:
+            try:
+                body = await read_body(request)
+                info = plane.info
+                specs = [(t.name, t.datatype) for t in info.inputs] if info is not None else []
+                response = await plane.infer(name, version, decode_predict_request(body, specs))
+            except ServingError as err:
+                scope.code = str(err.status)
+                return error_response(err)
+            return Response(encode_predict_response(response), media_type=_JSON)
+
+    async def live(request: Request) -> Response:
+        return json_response({"live": plane.live()})
+
+    async def ready(request: Request) -> Response:
+        is_ready = plane.ready()
+        return json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+    async def server_metadata(request: Request) -> Response:
+        return json_response(plane.server_metadata())
+
+    async def model_metadata(request: Request) -> Response:
+        return json_response(plane.model_metadata(request.path_params["name"], request.path_params.get("version")))
+
+    async def model_ready(request: Request) -> Response:
+        is_ready = plane.model_ready(request.path_params["name"], request.path_params.get("version"))
+        return json_response({"name": request.path_params["name"], "ready": is_ready}, status=200 if is_ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(plane.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def serving_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServingError)
+        return error_response(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = f"no endpoint {request.method} {request.url.path}" if exc.status_code in (404, 405) else exc.detail
+        return json_response({"error": message}, status=exc.status_code)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+        return json_response({"error": f"internal error: {type(exc).__name__}: {exc}"}, status=500)
+
+    def route(path: str, endpoint: Callable[[Request], Awaitable[Response]], method: str = "GET") -> Route:
+        return Route(path, endpoint, methods=[method])
+
+    routes = [
+        route("/v2/health/live", live),
+        route("/v2/health/ready", ready),
+        route("/v2", server_metadata),
+        route("/v2/models/{name}", model_metadata),
+        route("/v2/models/{name}/versions/{version}", model_metadata),
+        route("/v2/models/{name}/ready", model_ready),
+        route("/v2/models/{name}/versions/{version}/ready", model_ready),
+        route("/v2/models/{name}/infer", infer, "POST"),
+        route("/v2/models/{name}/versions/{version}/infer", infer, "POST"),
+        route("/v1/models/{name}:predict", predict, "POST"),
+        route("/v1/models/{name}/versions/{version}:predict", predict, "POST"),
+        route("/metrics", metrics),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={ServingError: serving_error, HTTPException: http_error, Exception: internal_error},
+    )

@@ -1,0 +1,130 @@
+"""The server's settings: read once from the environment (docs/contracts/serving.md), command-line options win."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from modeldeploy_serving.errors import SettingsError
+
+ENV_PREFIX: Final = "MODELDEPLOY_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server is configured by. Field `x` is read from `MODELDEPLOY_X` (upper case)."""
+
+    model_dir: Path
+    """A version directory of the model artifact, or any directory holding `model.onnx` (required)."""
+
+    model_name: str | None = None
+    """The name in `/v2/models/{name}`; None means the model card's `name`, else the directory's name."""
+
+    model_version: str | None = None
+    """The version reported and accepted in `/versions/{v}`; None means the card's `version`, else `1`."""
+
+    http_port: int = 8080
+    """REST port: Open Inference Protocol V2, TF-Serving `:predict`, `/metrics`, health."""
+
+    grpc_port: int = 8081
+    """gRPC port for `inference.GRPCInferenceService`; 0 turns gRPC off."""
+
+    host: str = "0.0.0.0"
+    """Address both servers bind."""
+
+    intra_op_threads: int = 1
+    """onnxruntime intra-op threads; one per core the pod is given is the usual choice."""
+
+    batching: bool = True
+    """Dynamic batching; the server turns it off by itself when the model has no dynamic batch dimension."""
+
+    max_batch_size: int = 32
+    """At most this many rows (summed over the merged requests) go into one onnxruntime run."""
+
+    max_queue_delay_us: int = 2000
+    """How long the first queued request waits at most for others that are already on their way, in microseconds."""
+
+    max_request_bytes: int = 16 * 1024 * 1024
+    """Request bodies larger than this get 413 (REST) or RESOURCE_EXHAUSTED (gRPC)."""
+
+    shutdown_grace_seconds: float = 20.0
+    """After SIGTERM: not ready at once, in-flight requests finish within this bound, then the process exits."""
+
+    log_level: str = field(default="INFO")
+    """Python logging level name (DEBUG, INFO, WARNING, ...)."""
+
+    @property
+    def max_queue_delay_seconds(self) -> float:
+        return self.max_queue_delay_us / 1_000_000
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+        """Settings from `environ` (default os.environ) with `overrides` (options that were given) on top."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, f.type, raw)
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+        if "model_dir" not in values:
+            raise SettingsError("no model directory: set MODELDEPLOY_MODEL_DIR or pass --model-dir")
+        values["model_dir"] = Path(values["model_dir"])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Reject values the server cannot run with, naming the variable."""
+        for name in ("http_port", "grpc_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise SettingsError(f"{_env(name)}={port} is not a TCP port (0..65535)")
+        if self.http_port == 0:
+            raise SettingsError("MODELDEPLOY_HTTP_PORT=0: the HTTP port carries health and cannot be turned off")
+        if self.grpc_port != 0 and self.grpc_port == self.http_port:
+            raise SettingsError(f"MODELDEPLOY_GRPC_PORT and MODELDEPLOY_HTTP_PORT are both {self.http_port}")
+        positive = ("intra_op_threads", "max_batch_size", "max_request_bytes")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_env(name)}={getattr(self, name)} must be at least 1")
+        if self.max_queue_delay_us < 0:
+            raise SettingsError(f"MODELDEPLOY_MAX_QUEUE_DELAY_US={self.max_queue_delay_us} must not be negative")
+        if self.shutdown_grace_seconds < 0:
+            raise SettingsError(
+                f"MODELDEPLOY_SHUTDOWN_GRACE_SECONDS={self.shutdown_grace_seconds} must not be negative"
+            )
+
+
+def _env(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+def _parse(name: str, annotation: Any, raw: str) -> Any:
+    """One environment value converted to its field's type; a wrong value names the variable and what it must be."""
+    kind = str(annotation)
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError("expected true or false")
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as err:
+        raise SettingsError(f"{_env(name)}={raw!r} is not a valid {kind}: {err}") from err
+    return raw
