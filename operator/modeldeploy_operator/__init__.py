@@ -1,1 +1,1 @@
-"""Placeholder; filled in by its issue."""
+"""The modeldeploy operator: reconciles ModelDeployments into a training Job, an inference Deployment and a Service."""

@@ -1,0 +1,418 @@
+"""Pure builders of the children's manifests: the same ModelDeployment always gives the same objects."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from typing import Any, Final
+
+from modeldeploy import contracts
+from modeldeploy.spec import API_VERSION, KIND
+from modeldeploy_operator import naming
+from modeldeploy_operator.settings import Settings
+
+MODELS_VOLUME: Final = "models"
+DATA_VOLUME: Final = "data"
+TMP_VOLUME: Final = "tmp"
+OUTPUT_VOLUME: Final = "output"
+
+# Resources when the spec gives none: enough for the digits models; a user's spec replaces them entirely.
+DEFAULT_SERVING_RESOURCES: Final[dict[str, Any]] = {
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+    "limits": {"memory": "1Gi"},
+}
+DEFAULT_TRAINING_RESOURCES: Final[dict[str, Any]] = {
+    "requests": {"cpu": "500m", "memory": "1Gi"},
+    "limits": {"memory": "4Gi"},
+}
+SHUTDOWN_GRACE_SECONDS: Final = 20
+
+
+def config_hash(manifest: dict[str, Any]) -> str:
+    """Hash of a built manifest: a child whose annotation matches needs no write."""
+    return hashlib.sha256(contracts.canonical_json(manifest).encode()).hexdigest()[:16]
+
+
+def owner_reference(md: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": md["metadata"]["name"],
+        "uid": md["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(md: dict[str, Any], name: str, component: str, **labels: str) -> dict[str, Any]:
+    model = md["metadata"]["name"]
+    return {
+        "name": name,
+        "namespace": md["metadata"]["namespace"],
+        "labels": {**naming.base_labels(model, component), **labels},
+        "annotations": {},
+        "ownerReferences": [owner_reference(md)],
+    }
+
+
+def _stamp(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Record the manifest's hash on it (computed without the annotation itself)."""
+    manifest["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH] = config_hash(manifest)
+    return manifest
+
+
+def restricted_container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def restricted_pod_security(settings: Settings) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": settings.run_as_user,
+        "runAsGroup": settings.run_as_user,
+        "fsGroup": settings.run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def build_claim(md: dict[str, Any]) -> dict[str, Any] | None:
+    """The artifact volume's claim, or None when the spec names an existing claim (the user's, never ours)."""
+    spec = md["spec"]
+    storage = spec.get("storage") or {}
+    if storage.get("existingClaim"):
+        return None
+    model = md["metadata"]["name"]
+    claim: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(md, naming.claim_name(model, spec), naming.COMPONENT_STORAGE),
+        "spec": {
+            "accessModes": [storage.get("accessMode", "ReadWriteOnce")],
+            "resources": {"requests": {"storage": storage.get("size", "1Gi")}},
+        },
+    }
+    if storage.get("storageClassName"):
+        claim["spec"]["storageClassName"] = storage["storageClassName"]
+    return _stamp(claim)
+
+
+def training_env_spec(md: dict[str, Any]) -> str:
+    """MODELDEPLOY_SPEC: the whole ModelDeployment as stored (apiVersion, kind, metadata.name, spec)."""
+    return contracts.canonical_json(
+        {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": md["metadata"]["name"]}, "spec": md["spec"]}
+    )
+
+
+def _data_claim(spec: dict[str, Any]) -> str | None:
+    if "importModel" in spec:
+        return str(spec["importModel"]["claimName"])
+    dataset = (spec.get("training") or {}).get("dataset") or {}
+    claim = dataset.get("claimName")
+    return str(claim) if claim else None
+
+
+def build_training_job(md: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The training (or import) Job of the current spec; its name and pod labels come from the spec hash."""
+    spec = md["spec"]
+    model = md["metadata"]["name"]
+    full_hash = contracts.spec_hash(spec)
+    short = full_hash[: naming.SHORT_HASH]
+    training = spec.get("training") or {}
+    labels = {naming.LABEL_SPEC_HASH: short}
+    volumes: list[dict[str, Any]] = [
+        {"name": MODELS_VOLUME, "persistentVolumeClaim": {"claimName": naming.claim_name(model, spec)}},
+        {"name": TMP_VOLUME, "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": MODELS_VOLUME, "mountPath": contracts.ARTIFACT_MOUNT},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},
+    ]
+    data_claim = _data_claim(spec)
+    if data_claim:
+        volumes.append({"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": data_claim, "readOnly": True}})
+        mounts.append({"name": DATA_VOLUME, "mountPath": contracts.DATA_MOUNT, "readOnly": True})
+    init_containers: list[dict[str, Any]] = []
+    if training.get("image"):
+        # A user's trainer needs none of our code: it runs first and leaves its model in /workspace/output.
+        volumes.append({"name": OUTPUT_VOLUME, "emptyDir": {}})
+        output_mount = {"name": OUTPUT_VOLUME, "mountPath": contracts.USER_OUTPUT_DIR}
+        mounts.append(output_mount)
+        user: dict[str, Any] = {
+            "name": "user-train",
+            "image": training["image"],
+            "imagePullPolicy": settings.image_pull_policy,
+            "volumeMounts": [output_mount, *[m for m in mounts if m["name"] == DATA_VOLUME]],
+            "resources": copy.deepcopy(training.get("resources") or DEFAULT_TRAINING_RESOURCES),
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        }
+        if training.get("command"):
+            user["command"] = list(training["command"])
+        if training.get("args"):
+            user["args"] = list(training["args"])
+        init_containers.append(user)
+    container = {
+        "name": naming.TRAIN_CONTAINER,
+        "image": settings.training_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": ["train", "--output", contracts.ARTIFACT_MOUNT],
+        "env": [{"name": contracts.SPEC_ENV, "value": training_env_spec(md)}],
+        "volumeMounts": mounts,
+        "resources": copy.deepcopy(training.get("resources") or DEFAULT_TRAINING_RESOURCES),
+        "securityContext": restricted_container_security(),
+        "terminationMessagePath": contracts.DEFAULT_TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": restricted_pod_security(settings),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    if training.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(training["nodeSelector"])
+    if training.get("tolerations"):
+        pod_spec["tolerations"] = copy.deepcopy(training["tolerations"])
+    metadata = _metadata(md, naming.job_name(model, short), naming.COMPONENT_TRAINING, **labels)
+    metadata["annotations"][naming.ANNOTATION_GENERATION] = str(md["metadata"].get("generation", 0))
+    metadata["annotations"][naming.ANNOTATION_SPEC_HASH] = full_hash
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": int(training.get("backoffLimit", 1)),
+            "activeDeadlineSeconds": int(training.get("activeDeadlineSeconds", 3600)),
+            # Exit 1 is the contract's reported failure (bad data, budget exceeded): retrying cannot fix it.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": naming.TRAIN_CONTAINER, "operator": "In", "values": [1]},
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {
+                "metadata": {
+                    "labels": {**naming.base_labels(model, naming.COMPONENT_TRAINING), **labels},
+                    "annotations": dict(training.get("podAnnotations") or {}),
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_cleanup_job(md: dict[str, Any], versions: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """A Job that removes the artifact directories of versions dropped from the retained history."""
+    model = md["metadata"]["name"]
+    paths = sorted(f"{contracts.ARTIFACT_MOUNT}/{v['path']}" for v in versions if v.get("path"))
+    names = [str(v["version"]) for v in versions]
+    container = {
+        "name": "cleanup",
+        "image": settings.cleanup_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["rm", "-rf", "--", *paths],
+        "volumeMounts": [{"name": MODELS_VOLUME, "mountPath": contracts.ARTIFACT_MOUNT}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": restricted_container_security(),
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(md, naming.cleanup_job_name(model, names), naming.COMPONENT_CLEANUP),
+        "spec": {
+            "backoffLimit": 2,
+            "ttlSecondsAfterFinished": 600,
+            "template": {
+                "metadata": {"labels": naming.base_labels(model, naming.COMPONENT_CLEANUP)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": restricted_pod_security(settings),
+                    "containers": [container],
+                    "volumes": [
+                        {
+                            "name": MODELS_VOLUME,
+                            "persistentVolumeClaim": {"claimName": naming.claim_name(model, md["spec"])},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def is_autoscaled(spec: dict[str, Any]) -> bool:
+    autoscaling = (spec.get("serving") or {}).get("autoscaling")
+    return isinstance(autoscaling, dict) and bool(autoscaling.get("enabled", True))
+
+
+def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The inference Deployment serving the version `served` ({"version", "path"}) with the current serving spec.
+
+    With autoscaling on, `replicas` is left out: the HPA owns it and the operator never writes it back.
+    """
+    spec = md["spec"]
+    model = md["metadata"]["name"]
+    serving = spec.get("serving") or {}
+    batching = serving.get("batching") or {}
+    strategy = serving.get("strategy") or {}
+    port = int(serving.get("port", 8080))
+    grpc_port = int(serving.get("grpcPort", 8081))
+    version = str(served["version"])
+    env = {
+        "MODELDEPLOY_MODEL_DIR": f"{contracts.ARTIFACT_MOUNT}/{served['path']}",
+        "MODELDEPLOY_MODEL_NAME": model,
+        "MODELDEPLOY_MODEL_VERSION": version,
+        "MODELDEPLOY_HTTP_PORT": str(port),
+        "MODELDEPLOY_GRPC_PORT": str(grpc_port),
+        "MODELDEPLOY_INTRA_OP_THREADS": str(serving.get("threads", 1)),
+        "MODELDEPLOY_BATCHING": "true" if batching.get("enabled", True) else "false",
+        "MODELDEPLOY_MAX_BATCH_SIZE": str(batching.get("maxBatchSize", 32)),
+        "MODELDEPLOY_MAX_QUEUE_DELAY_US": str(batching.get("maxQueueDelayMicroseconds", 2000)),
+        "MODELDEPLOY_SHUTDOWN_GRACE_SECONDS": str(SHUTDOWN_GRACE_SECONDS),
+    }
+    container = {
+        "name": naming.SERVING_CONTAINER,
+        "image": serving.get("image") or settings.serving_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "ports": [
+            {"name": "http", "containerPort": port, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"},
+        ],
+        "env": [{"name": key, "value": value} for key, value in env.items()],
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        # Loading and warming a model can take a while; liveness must not kill a pod that is still loading.
+        "startupProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 2,
+            "failureThreshold": 60,
+        },
+        "resources": copy.deepcopy(serving.get("resources") or DEFAULT_SERVING_RESOURCES),
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [
+            {"name": MODELS_VOLUME, "mountPath": contracts.ARTIFACT_MOUNT, "readOnly": True},
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "securityContext": restricted_pod_security(settings),
+        "terminationGracePeriodSeconds": SHUTDOWN_GRACE_SECONDS + 10,
+        "automountServiceAccountToken": False,
+        "containers": [container],
+        "volumes": [
+            {
+                "name": MODELS_VOLUME,
+                "persistentVolumeClaim": {"claimName": naming.claim_name(model, spec), "readOnly": True},
+            },
+            {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
+        ],
+    }
+    if serving.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(serving["nodeSelector"])
+    if serving.get("tolerations"):
+        pod_spec["tolerations"] = copy.deepcopy(serving["tolerations"])
+    selector = naming.serving_selector(model)
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector},
+        "revisionHistoryLimit": int(spec.get("retainVersions", 3)),
+        "progressDeadlineSeconds": 600,
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {
+                "maxSurge": strategy.get("maxSurge", 1),
+                "maxUnavailable": strategy.get("maxUnavailable", 0),
+            },
+        },
+        "template": {
+            "metadata": {
+                "labels": {
+                    **naming.base_labels(model, naming.COMPONENT_SERVING),
+                    **selector,
+                    naming.LABEL_VERSION: version,
+                },
+                "annotations": dict(serving.get("podAnnotations") or {}),
+            },
+            "spec": pod_spec,
+        },
+    }
+    if not is_autoscaled(spec):
+        deployment_spec["replicas"] = int(serving.get("replicas", 1))
+    metadata = _metadata(md, naming.serving_name(model), naming.COMPONENT_SERVING, **{naming.LABEL_VERSION: version})
+    return _stamp({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": deployment_spec})
+
+
+def build_service(md: dict[str, Any]) -> dict[str, Any]:
+    spec = md["spec"]
+    model = md["metadata"]["name"]
+    serving = spec.get("serving") or {}
+    return _stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _metadata(md, naming.serving_name(model), naming.COMPONENT_SERVING),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": naming.serving_selector(model),
+                "ports": [
+                    {"name": "http", "port": int(serving.get("port", 8080)), "targetPort": "http", "protocol": "TCP"},
+                    {
+                        "name": "grpc",
+                        "port": int(serving.get("grpcPort", 8081)),
+                        "targetPort": "grpc",
+                        "protocol": "TCP",
+                    },
+                ],
+            },
+        }
+    )
+
+
+def build_hpa(md: dict[str, Any]) -> dict[str, Any] | None:
+    """The HPA on the Deployment when autoscaling is on (None otherwise: then the operator deletes its HPA)."""
+    spec = md["spec"]
+    if not is_autoscaled(spec):
+        return None
+    model = md["metadata"]["name"]
+    autoscaling = spec["serving"]["autoscaling"]
+    return _stamp(
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": _metadata(md, naming.serving_name(model), naming.COMPONENT_SERVING),
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": naming.serving_name(model)},
+                "minReplicas": int(autoscaling.get("minReplicas", 1)),
+                "maxReplicas": int(autoscaling["maxReplicas"]),
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "target": {
+                                "type": "Utilization",
+                                "averageUtilization": int(autoscaling.get("targetCPUUtilizationPercentage", 70)),
+                            },
+                        },
+                    }
+                ],
+            },
+        }
+    )

@@ -1,0 +1,162 @@
+"""The kopf wiring: indices that cache what the watches see, and thin handlers that queue a reconcile.
+
+No handler here needs a finalizer: every child carries an owner reference, so the garbage collector removes it.
+The one thing outside the owner chain is the artifacts on a user's existing claim (spec.storage.existingClaim);
+they are kept on purpose (the user's volume, and a re-created ModelDeployment reuses them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from typing import Any
+
+import kopf
+
+from modeldeploy.spec import GROUP, PLURAL, VERSION
+from modeldeploy_operator import naming, observed
+from modeldeploy_operator.leader import LeaderElector
+from modeldeploy_operator.runtime import Key, Runtime
+from modeldeploy_operator.settings import settings_from_env
+from modeldeploy_operator.storage import StorageError, connect
+
+OURS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+
+
+def _parent(namespace: str | None, labels: Any) -> Key | None:
+    model = (labels or {}).get(naming.LABEL_MODEL)
+    return (namespace, model) if namespace and model else None
+
+
+# -- the indices: the only cache the reconcile reads (kopf runs no other handler before they are filled) --
+@kopf.index(GROUP, VERSION, PLURAL)
+def md_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    if namespace is None:
+        return {}
+    meta = body.get("metadata") or {}
+    keep = ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
+    return {
+        (namespace, name): {
+            "metadata": {k: meta[k] for k in keep if k in meta},
+            "spec": body.get("spec") or {},
+            "status": body.get("status") or {},
+        }
+    }
+
+
+@kopf.index("batch", "v1", "jobs", labels=OURS)
+def job_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, observed.JobState]:
+    parent = _parent(namespace, labels)
+    return {parent: observed.summarize_job(body)} if parent else {}
+
+
+@kopf.index("v1", "pods", labels=OURS)
+def pod_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, observed.PodState]:
+    parent = _parent(namespace, labels)
+    return {parent: observed.summarize_pod(body)} if parent else {}
+
+
+@kopf.index("apps", "v1", "deployments", labels=OURS)
+def deployment_index(
+    namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, observed.DeploymentState]:
+    parent = _parent(namespace, labels)
+    return {parent: observed.summarize_deployment(body)} if parent and parent[1] == name else {}
+
+
+@kopf.index("v1", "services", labels=OURS)
+def service_index(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, observed.ChildState]:
+    parent = _parent(namespace, labels)
+    return {parent: observed.summarize_child(body)} if parent else {}
+
+
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OURS)
+def hpa_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, observed.ChildState]:
+    parent = _parent(namespace, labels)
+    return {parent: observed.summarize_child(body)} if parent else {}
+
+
+@kopf.index("v1", "persistentvolumeclaims", labels=OURS)
+def claim_index(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, observed.ChildState]:
+    parent = _parent(namespace, labels)
+    return {parent: observed.summarize_child(body)} if parent else {}
+
+
+# -- events: any change of a ModelDeployment or of one of its children queues that ModelDeployment --
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def md_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    if namespace is not None and "runtime" in memo:
+        memo.runtime.queue.add((namespace, name))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=OURS)
+@kopf.on.event("v1", "pods", labels=OURS)
+@kopf.on.event("apps", "v1", "deployments", labels=OURS)
+@kopf.on.event("v1", "services", labels=OURS)
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=OURS)
+@kopf.on.event("v1", "persistentvolumeclaims", labels=OURS)
+async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    parent = _parent(namespace, labels)
+    if parent is not None and "runtime" in memo:
+        memo.runtime.queue.add(parent)
+
+
+# -- startup and cleanup --
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
+    if "runtime" in memo:
+        return
+    config = settings_from_env()
+    settings.posting.level = 40  # kopf's own events for ERROR only; the operator posts its transitions itself
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.batching.batch_window = 0.05
+    kube = memo.get("kube") or connect(config.field_manager, max(config.api_qps_burst, config.workers + 2))
+    memo.kube = kube
+    elector: LeaderElector | None = memo.get("elector")
+    if elector is None and memo.get("leader_election", True):
+        identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        elector = LeaderElector(kube, memo.lease_namespace, config.lease_name, identity, config.lease_duration_seconds)
+        memo.elector = elector
+    if elector is not None:
+        try:
+            acquired = await asyncio.to_thread(elector.try_acquire)
+        except StorageError as err:
+            raise kopf.TemporaryError(f"cannot reach the Lease: {err}", delay=2) from err
+        if not acquired:
+            # kopf starts no watch until startup succeeds: the standby waits here, acting on nothing.
+            raise kopf.TemporaryError(f"standby: Lease {config.lease_name} is held by another operator", delay=2)
+        logger.info("leading as %s (Lease %s/%s)", elector.identity, elector.namespace, elector.name)
+        elector.keep_renewing(memo.on_lost)
+    indices = {
+        name: kwargs[name]
+        for name in (
+            "md_index",
+            "job_index",
+            "pod_index",
+            "deployment_index",
+            "service_index",
+            "hpa_index",
+            "claim_index",
+        )
+    }
+    runtime = Runtime(settings=config, kube=kube, loop=asyncio.get_running_loop(), indices=indices)
+    runtime.start()
+    memo.runtime = runtime
+
+
+@kopf.on.cleanup()
+async def stop(memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        await asyncio.to_thread(runtime.stop)
+    elector: LeaderElector | None = memo.get("elector")
+    if elector is not None:
+        await asyncio.to_thread(elector.release)
+    logger.info("stopped")

@@ -1,0 +1,203 @@
+"""What the operator needs to know of each child, extracted from the raw objects its watches see (pure functions).
+
+The watches keep these small summaries in memory, so a reconcile reads no object from the API server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modeldeploy_operator import naming
+
+# Waiting reasons of a container that will not get better by waiting: the ModelDeployment is Degraded.
+BROKEN_WAITING_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+def _get(obj: Mapping[str, Any], *path: str) -> Any:
+    value: Any = obj
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int) else 0
+
+
+def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for cond in _get(obj, "status", "conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("type") == kind:
+            return cond
+    return None
+
+
+def _is_true(obj: Mapping[str, Any], kind: str) -> bool:
+    cond = _condition(obj, kind)
+    return cond is not None and cond.get("status") == "True"
+
+
+@dataclass(frozen=True)
+class JobState:
+    name: str
+    spec_hash: str
+    generation: int
+    outcome: str  # "Active", "Succeeded" or "Failed"
+    message: str
+    component: str
+    deleting: bool = False
+
+
+@dataclass(frozen=True)
+class PodState:
+    name: str
+    component: str
+    job_name: str
+    phase: str
+    ready: bool
+    broken_reason: str
+    restarts: int
+    termination_message: str | None
+    unschedulable_message: str
+    deleting: bool = False
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    name: str
+    generation: int
+    observed_generation: int
+    desired: int
+    replicas: int
+    updated: int
+    ready: int
+    available: int
+    available_condition: bool
+    deadline_exceeded: bool
+    config_hash: str
+    model_version: str
+
+
+@dataclass(frozen=True)
+class ChildState:
+    """A child that needs nothing but its existence and configuration hash (Service, HPA, PVC)."""
+
+    name: str
+    config_hash: str
+    phase: str = ""
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the watches know about one ModelDeployment's children."""
+
+    jobs: tuple[JobState, ...] = ()
+    pods: tuple[PodState, ...] = ()
+    deployment: DeploymentState | None = None
+    service: ChildState | None = None
+    hpa: ChildState | None = None
+    claim: ChildState | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def job(self, name: str) -> JobState | None:
+        return next((job for job in self.jobs if job.name == name), None)
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return _get(obj, "metadata", "labels") or {}
+
+
+def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return _get(obj, "metadata", "annotations") or {}
+
+
+def summarize_job(obj: Mapping[str, Any]) -> JobState:
+    if _is_true(obj, "Complete") or _is_true(obj, "SuccessCriteriaMet"):
+        outcome, message = "Succeeded", ""
+    elif _is_true(obj, "Failed") or _is_true(obj, "FailureTarget"):
+        cond = _condition(obj, "Failed") or _condition(obj, "FailureTarget") or {}
+        outcome, message = "Failed", f"{cond.get('reason', '')}: {cond.get('message', '')}".strip(": ")
+    else:
+        outcome, message = "Active", ""
+    generation = _annotations(obj).get(naming.ANNOTATION_GENERATION, "0")
+    return JobState(
+        name=str(_get(obj, "metadata", "name")),
+        spec_hash=_labels(obj).get(naming.LABEL_SPEC_HASH, ""),
+        generation=int(generation) if generation.isdigit() else 0,
+        outcome=outcome,
+        message=message,
+        component=_labels(obj).get(naming.LABEL_COMPONENT, ""),
+        deleting=_get(obj, "metadata", "deletionTimestamp") is not None,
+    )
+
+
+def summarize_pod(obj: Mapping[str, Any]) -> PodState:
+    statuses = list(_get(obj, "status", "initContainerStatuses") or []) + list(
+        _get(obj, "status", "containerStatuses") or []
+    )
+    broken, restarts, message = "", 0, None
+    for status in statuses:
+        if not isinstance(status, Mapping):
+            continue
+        restarts += _int(status.get("restartCount"))
+        waiting = _get(status, "state", "waiting") or {}
+        if waiting.get("reason") in BROKEN_WAITING_REASONS and not broken:
+            broken = f"container {status.get('name')} is in {waiting['reason']}"
+        if status.get("name") == naming.TRAIN_CONTAINER:
+            terminated = _get(status, "state", "terminated") or _get(status, "lastState", "terminated") or {}
+            if "message" in terminated:
+                message = str(terminated["message"])
+    scheduled = _condition(obj, "PodScheduled") or {}
+    unschedulable = str(scheduled.get("message", "")) if scheduled.get("reason") == "Unschedulable" else ""
+    labels = _labels(obj)
+    return PodState(
+        name=str(_get(obj, "metadata", "name")),
+        component=labels.get(naming.LABEL_COMPONENT, ""),
+        job_name=labels.get("job-name", labels.get("batch.kubernetes.io/job-name", "")),
+        phase=str(_get(obj, "status", "phase") or "Pending"),
+        ready=_is_true(obj, "Ready"),
+        broken_reason=broken,
+        restarts=restarts,
+        termination_message=message,
+        unschedulable_message=unschedulable,
+        deleting=_get(obj, "metadata", "deletionTimestamp") is not None,
+    )
+
+
+def summarize_deployment(obj: Mapping[str, Any]) -> DeploymentState:
+    progressing = _condition(obj, "Progressing") or {}
+    return DeploymentState(
+        name=str(_get(obj, "metadata", "name")),
+        generation=_int(_get(obj, "metadata", "generation")),
+        observed_generation=_int(_get(obj, "status", "observedGeneration")),
+        desired=_int(_get(obj, "spec", "replicas")),
+        replicas=_int(_get(obj, "status", "replicas")),
+        updated=_int(_get(obj, "status", "updatedReplicas")),
+        ready=_int(_get(obj, "status", "readyReplicas")),
+        available=_int(_get(obj, "status", "availableReplicas")),
+        available_condition=_is_true(obj, "Available"),
+        deadline_exceeded=progressing.get("reason") == "ProgressDeadlineExceeded",
+        config_hash=_annotations(obj).get(naming.ANNOTATION_CONFIG_HASH, ""),
+        model_version=_labels(obj).get(naming.LABEL_VERSION, ""),
+    )
+
+
+def summarize_child(obj: Mapping[str, Any]) -> ChildState:
+    return ChildState(
+        name=str(_get(obj, "metadata", "name")),
+        config_hash=_annotations(obj).get(naming.ANNOTATION_CONFIG_HASH, ""),
+        phase=str(_get(obj, "status", "phase") or ""),
+    )

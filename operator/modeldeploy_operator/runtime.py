@@ -1,0 +1,191 @@
+"""The running operator's parts: the work queue, the worker threads that reconcile, and the cache they read.
+
+kopf's watches fill the indices (in the event loop); a worker asks the loop for a consistent snapshot of one
+ModelDeployment and its children, reconciles it on its thread (the API client is blocking), and reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modeldeploy.spec import API_VERSION, KIND
+from modeldeploy_operator import decide
+from modeldeploy_operator.observed import ChildState, DeploymentState, JobState, Observed, PodState
+from modeldeploy_operator.reconcile import reconcile
+from modeldeploy_operator.settings import Settings
+from modeldeploy_operator.storage import Kube, StorageError, TransientError
+from modeldeploy_operator.workqueue import WorkQueue
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+
+def _values(index: Mapping[Any, Any], key: Key) -> list[Any]:
+    store = index.get(key)
+    return list(store) if store is not None else []
+
+
+def _rv(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+@dataclass
+class Runtime:
+    """Everything that lives as long as the operator: built once at startup, reached through kopf's memo."""
+
+    settings: Settings
+    kube: Kube
+    loop: asyncio.AbstractEventLoop
+    indices: dict[str, Mapping[Any, Any]]
+    queue: WorkQueue[Key] = field(default_factory=WorkQueue)
+    on_fatal: Callable[[], None] = lambda: None
+    reconciles: int = 0
+    _written: dict[Key, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- snapshot (runs in the event loop, where kopf mutates the indices) --
+    def _snapshot_now(self, key: Key) -> tuple[dict[str, Any] | None, Observed]:
+        mds = _values(self.indices["md_index"], key)
+        md = mds[0] if mds else None
+        deployments: list[DeploymentState] = _values(self.indices["deployment_index"], key)
+        services: list[ChildState] = _values(self.indices["service_index"], key)
+        hpas: list[ChildState] = _values(self.indices["hpa_index"], key)
+        claims: list[ChildState] = _values(self.indices["claim_index"], key)
+        jobs: list[JobState] = _values(self.indices["job_index"], key)
+        pods: list[PodState] = _values(self.indices["pod_index"], key)
+        observed = Observed(
+            jobs=tuple(jobs),
+            pods=tuple(pods),
+            deployment=deployments[0] if deployments else None,
+            service=services[0] if services else None,
+            hpa=hpas[0] if hpas else None,
+            claim=claims[0] if claims else None,
+        )
+        return md, observed
+
+    def snapshot(self, key: Key) -> tuple[dict[str, Any] | None, Observed]:
+        async def take() -> tuple[dict[str, Any] | None, Observed]:
+            return self._snapshot_now(key)
+
+        md, observed = asyncio.run_coroutine_threadsafe(take(), self.loop).result(timeout=30)
+        if md is None:
+            return None, observed
+        with self._lock:
+            written = self._written.get(key)
+            if written is not None:
+                rv, status = written
+                if _rv(md["metadata"].get("resourceVersion")) >= rv:
+                    del self._written[key]  # the watch caught up with our last status write
+                else:
+                    md = {**md, "status": status}  # the watch lags behind our own write: trust the write
+        return md, observed
+
+    # -- workers --
+    def start(self) -> None:
+        for number in range(self.settings.workers):
+            thread = threading.Thread(target=self._work, name=f"reconciler-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        resync = threading.Thread(target=self._resync, name="resync", daemon=True)
+        resync.start()
+        self._threads.append(resync)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.queue.close()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def _resync(self) -> None:
+        # A safety net for anything no watch event announces; the watches do the real-time work.
+        while not self._stop.wait(self.settings.resync_seconds):
+
+            async def keys() -> list[Key]:
+                return list(self.indices["md_index"].keys())
+
+            for key in asyncio.run_coroutine_threadsafe(keys(), self.loop).result(timeout=30):
+                self.queue.add(key)
+
+    def _work(self) -> None:
+        while (key := self.queue.get()) is not None:
+            try:
+                self.reconcile_one(key)
+            except TransientError as err:
+                logger.warning("reconciling %s/%s: %s; retrying in %gs", *key, err, self.settings.retry_seconds)
+                self.queue.add_after(key, self.settings.retry_seconds)
+            except StorageError as err:
+                delay = self.settings.retry_seconds * 6
+                logger.error("reconciling %s/%s failed: %s; retrying in %gs", *key, err, delay)
+                self.queue.add_after(key, self.settings.retry_seconds * 6)
+            # A bug must not kill a worker thread: logged in full, then retried later.
+            except Exception:
+                logger.exception("reconciling %s/%s crashed; retrying in %gs", *key, self.settings.retry_seconds * 6)
+                self.queue.add_after(key, self.settings.retry_seconds * 6)
+            finally:
+                self.queue.done(key)
+
+    def reconcile_one(self, key: Key) -> None:
+        md, observed = self.snapshot(key)
+        if md is None or md["metadata"].get("deletionTimestamp"):
+            return  # gone or going: owner references let the garbage collector remove the children
+        outcome = reconcile(self.kube, md, observed, self.settings)
+        self.reconciles += 1
+        if outcome.written_status is not None:
+            with self._lock:
+                self._written[key] = outcome.written_status
+        for line in outcome.writes:
+            logger.info("%s/%s: %s", key[0], key[1], line)
+        for event in outcome.events:
+            self.post_event(md, event)
+
+    def post_event(self, md: dict[str, Any], event: decide.Event) -> None:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        meta = md["metadata"]
+        body = {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "eventTime": now,
+            "type": event.type,
+            "reason": event.reason,
+            "note": event.message[:1024],
+            "action": "Reconcile",
+            "reportingController": "modeldeploy.dev/operator",
+            "reportingInstance": self.kube.field_manager,
+            "regarding": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+        }
+        try:
+            self.kube.request("POST", f"/apis/events.k8s.io/v1/namespaces/{meta['namespace']}/events", body=body)
+        except StorageError as err:
+            # An event is a courtesy; the status already says the same.
+            logger.warning("could not post event %s on %s/%s: %s", event.reason, meta["namespace"], meta["name"], err)
+
+
+def wait_idle(runtime: Runtime, timeout: float) -> bool:
+    """True once nothing is queued (for a clean stop in tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not len(runtime.queue):
+            return True
+        time.sleep(0.05)
+    return False

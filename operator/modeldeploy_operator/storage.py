@@ -1,0 +1,190 @@
+"""The one module that talks to the Kubernetes API: raw REST over the kubernetes client's connection and auth.
+
+API errors become the exceptions below, so the layers above never see an HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Final
+
+from modeldeploy.spec import GROUP, PLURAL, VERSION
+
+logger = logging.getLogger(__name__)
+
+# kind -> (API path prefix, plural) for every kind the operator writes.
+PATHS: Final[dict[str, tuple[str, str]]] = {
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
+    "Service": ("/api/v1", "services"),
+    "Pod": ("/api/v1", "pods"),
+    "Job": ("/apis/batch/v1", "jobs"),
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
+    "ModelDeployment": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+}
+
+
+class StorageError(Exception):
+    """An API request failed; the message says which and what the server answered."""
+
+    def __init__(self, message: str, status: int = 0, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class NotFoundError(StorageError):
+    """The object does not exist (any more)."""
+
+
+class ConflictError(StorageError):
+    """The object exists already, or changed since it was read (resourceVersion conflict)."""
+
+
+class TransientError(StorageError):
+    """The API server is unreachable, overloaded or timed out: retry later."""
+
+
+class Kube:
+    """A thin client: JSON in, JSON out, one kind of exception per outcome that the callers tell apart."""
+
+    def __init__(self, api_client: Any, field_manager: str, timeout: float = 30.0) -> None:
+        self._api = api_client
+        self.field_manager = field_manager
+        self._timeout = timeout
+
+    def close(self) -> None:
+        self._api.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 (kept off the import path)
+        from urllib3.exceptions import HTTPError  # noqa: PLC0415
+
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        payload = json.dumps(body).encode() if body is not None else None
+        params = list((query or {}).items())
+        try:
+            method, url, headers, _, _ = self._api.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=params,
+                header_params=headers,
+                auth_settings=["BearerToken"],
+            )
+            response = self._api.call_api(
+                method, url, header_params=headers, body=payload, _request_timeout=self._timeout
+            )
+            response.read()
+            status = int(response.status)
+            data = response.data or b"{}"
+        except ApiException as err:
+            raise TransientError(f"{method} {path}: {err.reason}", 0) from err
+        except (OSError, HTTPError) as err:
+            raise TransientError(f"{method} {path}: {err}") from err
+        try:
+            parsed = json.loads(data) if data else {}
+        except json.JSONDecodeError:
+            parsed = {"message": data.decode(errors="replace")[:500]}
+        if 200 <= status < 300:
+            return parsed if isinstance(parsed, dict) else {}
+        message = f"{method} {path}: {status} {parsed.get('message', '')}"
+        reason = str(parsed.get("reason", ""))
+        if status == 404:
+            raise NotFoundError(message, status, reason)
+        if status == 409:
+            raise ConflictError(message, status, reason)
+        if status in (429, 500, 502, 503, 504) or status == 0:
+            raise TransientError(message, status, reason)
+        raise StorageError(message, status, reason)
+
+    @staticmethod
+    def path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+        prefix, plural = PATHS[kind]
+        out = f"{prefix}/namespaces/{namespace}/{plural}"
+        if name:
+            out += f"/{name}"
+        if subresource:
+            out += f"/{subresource}"
+        return out
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        return self.request("GET", self.path(kind, namespace, name))
+
+    def list(self, kind: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        items = self.request("GET", self.path(kind, namespace), query=query).get("items") or []
+        return [item for item in items if isinstance(item, dict)]
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """Create the object; False when it exists already (a re-run finds what an earlier one made)."""
+        namespace = manifest["metadata"]["namespace"]
+        try:
+            self.request(
+                "POST",
+                self.path(manifest["kind"], namespace),
+                body=manifest,
+                query={"fieldManager": self.field_manager},
+            )
+        except ConflictError:
+            return False
+        return True
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply with the operator's field manager, taking over fields others changed (drift)."""
+        meta = manifest["metadata"]
+        return self.request(
+            "PATCH",
+            self.path(manifest["kind"], meta["namespace"], meta["name"]),
+            body=manifest,
+            query={"fieldManager": self.field_manager, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete with background propagation (pods of a Job go too); False when it was gone already."""
+        try:
+            self.request(
+                "DELETE",
+                self.path(kind, namespace, name),
+                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the ModelDeployment's status through the status subresource (never its spec)."""
+        return self.request(
+            "PATCH",
+            self.path("ModelDeployment", namespace, name, "status"),
+            body={"status": status},
+            query={"fieldManager": self.field_manager},
+            content_type="application/merge-patch+json",
+        )
+
+    def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        return self.request("PUT", self.path(manifest["kind"], meta["namespace"], meta["name"]), body=manifest)
+
+
+def connect(field_manager: str, pool_size: int) -> Kube:
+    """A client for the cluster of KUBECONFIG (or the pod's service account in a cluster)."""
+    from kubernetes import client, config  # noqa: PLC0415
+
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = pool_size
+    return Kube(client.ApiClient(configuration), field_manager)

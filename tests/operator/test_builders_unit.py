@@ -1,0 +1,116 @@
+"""The children's manifests: what the contracts and the issue ask of them, checked without a cluster."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from md_factories import make_md
+from modeldeploy_operator import builders, naming
+from modeldeploy_operator.settings import Settings
+
+from modeldeploy import contracts
+
+SETTINGS = Settings()
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container["env"]}
+
+
+def test_training_job_follows_the_training_contract() -> None:
+    md = make_md()
+    job = builders.build_training_job(md, SETTINGS)
+    short = contracts.spec_hash(md["spec"])[:12]
+    assert job["metadata"]["name"] == f"digits-train-{short}"
+    pod = job["spec"]["template"]
+    assert pod["metadata"]["labels"][naming.LABEL_MODEL] == "digits"
+    assert pod["metadata"]["labels"][naming.LABEL_SPEC_HASH] == short
+    (container,) = pod["spec"]["containers"]
+    assert container["name"] == "train"
+    assert container["image"] == "modeldeploy/training:0.1.0"
+    assert container["args"] == ["train", "--output", "/models"]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    passed = json.loads(_env(container)[contracts.SPEC_ENV])
+    assert passed["metadata"] == {"name": "digits"}
+    assert passed["spec"]["compression"]["quantization"] == "auto"  # defaults applied
+    assert {"name": "models", "mountPath": "/models"} in container["volumeMounts"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert job["metadata"]["ownerReferences"][0]["controller"] is True
+
+
+def test_serving_change_keeps_the_job_name_and_training_change_makes_a_new_one() -> None:
+    base = builders.build_training_job(make_md(), SETTINGS)["metadata"]["name"]
+    serving = make_md({**make_md()["spec"], "serving": {"replicas": 5}})
+    placement = make_md({"training": {**make_md()["spec"]["training"], "nodeSelector": {"gpu": "yes"}}})
+    epochs = make_md({"training": {**make_md()["spec"]["training"], "epochs": 9}})
+    assert builders.build_training_job(serving, SETTINGS)["metadata"]["name"] == base
+    assert builders.build_training_job(placement, SETTINGS)["metadata"]["name"] == base
+    assert builders.build_training_job(epochs, SETTINGS)["metadata"]["name"] != base
+
+
+def test_custom_training_image_runs_first_with_the_output_directory() -> None:
+    md = make_md({"training": {"recipe": "custom", "image": "me/trainer:1", "command": ["python", "t.py"]}})
+    pod = builders.build_training_job(md, SETTINGS)["spec"]["template"]["spec"]
+    (user,) = pod["initContainers"]
+    assert user["image"] == "me/trainer:1"
+    assert user["command"] == ["python", "t.py"]
+    assert {"name": "output", "mountPath": "/workspace/output"} in user["volumeMounts"]
+    assert {"name": "output", "mountPath": "/workspace/output"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_import_mounts_the_users_claim_read_only_at_data() -> None:
+    md = make_md({"importModel": {"claimName": "uploads", "path": "models/m.keras"}})
+    pod = builders.build_training_job(md, SETTINGS)["spec"]["template"]["spec"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "uploads", "readOnly": True}} in pod["volumes"]
+    assert {"name": "data", "mountPath": "/data", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+
+
+def test_deployment_serves_the_version_directory_read_only_with_restricted_security() -> None:
+    md = make_md({**make_md()["spec"], "serving": {"replicas": 2, "port": 9000}})
+    dep = builders.build_deployment(md, {"version": "vabc", "path": "digits/vabc"}, SETTINGS)
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = _env(container)
+    assert env["MODELDEPLOY_MODEL_DIR"] == "/models/digits/vabc"
+    assert env["MODELDEPLOY_HTTP_PORT"] == "9000"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert container["resources"]["requests"]["cpu"] == "100m"
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
+    md = make_md({**make_md()["spec"], "serving": {"autoscaling": {"minReplicas": 2, "maxReplicas": 6}}})
+    dep = builders.build_deployment(md, {"version": "v1", "path": "digits/v1"}, SETTINGS)
+    hpa = builders.build_hpa(md)
+    assert "replicas" not in dep["spec"]
+    assert hpa is not None
+    assert hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] == 6
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "digits"
+    assert builders.build_hpa(make_md()) is None
+
+
+def test_selector_never_holds_the_version() -> None:
+    dep = builders.build_deployment(make_md(), {"version": "v1", "path": "digits/v1"}, SETTINGS)
+    assert naming.LABEL_VERSION not in dep["spec"]["selector"]["matchLabels"]
+    assert dep["spec"]["template"]["metadata"]["labels"][naming.LABEL_VERSION] == "v1"
+
+
+def test_existing_claim_means_no_new_claim() -> None:
+    md = make_md({**make_md()["spec"], "storage": {"existingClaim": "shared"}})
+    assert builders.build_claim(md) is None
+    job = builders.build_training_job(md, SETTINGS)
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "shared"}} in job["spec"]["template"]["spec"][
+        "volumes"
+    ]
+    claim = builders.build_claim(make_md())
+    assert claim is not None and claim["spec"]["resources"]["requests"]["storage"] == "1Gi"

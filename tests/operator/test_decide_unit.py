@@ -1,0 +1,188 @@
+"""Phase, conditions and the writes one reconcile makes, from what the watches saw (no cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from md_factories import deployment, job, make_md, report, serving_pod, training_pod
+from modeldeploy_operator import builders, decide, naming
+from modeldeploy_operator.observed import ChildState, JobState, Observed
+from modeldeploy_operator.settings import Settings
+
+SETTINGS = Settings()
+NOW = "2025-01-01T00:00:00Z"
+
+
+def _conditions(plan: decide.Plan) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in plan.status["conditions"]}
+
+
+def _trained(md: dict[str, Any]) -> tuple[dict[str, Any], Observed]:
+    """The state right after the training Job succeeded: status recorded, pod report read."""
+    observed = Observed(jobs=(job(md, "Succeeded"),), pods=(training_pod(md, "Succeeded", report(md)),))
+    plan = decide.decide(md, observed, SETTINGS, NOW)
+    return {**md, "status": plan.status}, observed
+
+
+def _kinds(manifests: list[dict[str, Any]]) -> list[str]:
+    return [m["kind"] for m in manifests]
+
+
+def test_new_model_deployment_creates_claim_and_training_job_and_is_not_ready() -> None:
+    plan = decide.decide(make_md(), Observed(), SETTINGS, NOW)
+    assert _kinds(plan.create) == ["PersistentVolumeClaim", "Job"]
+    assert plan.apply == []
+    assert plan.status["phase"] == "Training"
+    assert _conditions(plan)["Ready"]["status"] == "False"
+    assert _conditions(plan)["Trained"]["reason"] == "JobCreated"
+    assert plan.status["observedGeneration"] == 1
+
+
+def test_job_still_running_creates_nothing_again() -> None:
+    md = make_md()
+    plan = decide.decide(md, Observed(jobs=(job(md),), claim=ChildState("digits-models", "")), SETTINGS, NOW)
+    assert plan.create == [] and plan.delete == []
+    assert plan.status["phase"] == "Training"
+
+
+def test_succeeded_job_records_the_report_and_deploys_that_version() -> None:
+    md = make_md()
+    observed = Observed(jobs=(job(md, "Succeeded"),), pods=(training_pod(md, "Succeeded", report(md)),))
+    plan = decide.decide(md, observed, SETTINGS, NOW)
+    short = naming.short_spec_hash(md["spec"])
+    assert plan.status["modelVersion"] == f"v{short}"
+    assert plan.status["versions"][0]["path"] == f"digits/v{short}"
+    assert plan.status["compression"]["quantization"] == "dynamic-uint8"
+    assert plan.status["compression"]["accuracy"] == 0.95
+    assert _kinds(plan.apply) == ["Deployment", "Service"]
+    assert plan.status["phase"] == "Deploying"
+    assert _conditions(plan)["Trained"]["status"] == "True"
+    assert _conditions(plan)["Compressed"]["status"] == "True"
+
+
+def test_ready_only_when_every_desired_replica_of_the_current_version_is_ready() -> None:
+    md, _ = _trained(make_md({"training": {"dataset": {"builtin": "digits"}}, "serving": {"replicas": 3}}))
+    version = md["status"]["modelVersion"]
+    want = builders.build_deployment(md, md["status"]["versions"][0], SETTINGS)["metadata"]["annotations"][
+        naming.ANNOTATION_CONFIG_HASH
+    ]
+    partial = decide.decide(md, Observed(deployment=deployment(want, version, 3, ready=2)), SETTINGS, NOW)
+    assert partial.status["phase"] == "Deploying"
+    assert _conditions(partial)["Ready"]["status"] == "False"
+    assert _conditions(partial)["Available"]["status"] == "True"
+    full = decide.decide(md, Observed(deployment=deployment(want, version, 3)), SETTINGS, NOW)
+    assert full.status["phase"] == "Ready"
+    assert _conditions(full)["Ready"]["status"] == "True"
+    assert full.status["readyDisplay"] == "3/3"
+    assert full.apply == [builders.build_service(md)]  # the Deployment matches; only the missing Service
+
+
+def test_failed_job_reports_the_termination_message_and_does_not_retry() -> None:
+    md = make_md()
+    message = '{"ok": false, "reason": "InvalidData", "message": "dataset has no label column"}'
+    observed = Observed(jobs=(job(md, "Failed"),), pods=(training_pod(md, "Failed", message),))
+    plan = decide.decide(md, observed, SETTINGS, NOW)
+    trained = _conditions(plan)["Trained"]
+    assert plan.status["phase"] == "Failed"
+    assert trained["status"] == "False" and trained["reason"] == "InvalidData"
+    assert "dataset has no label column" in trained["message"]
+    assert "Job" not in _kinds(plan.create) and plan.delete == []
+    assert any(e.type == "Warning" and e.reason == "InvalidData" for e in plan.events)
+
+
+def test_failed_job_is_retried_for_a_new_generation() -> None:
+    md = make_md(generation=2)
+    observed = Observed(jobs=(job(md, "Failed", generation=1),), pods=(training_pod(md, "Failed", "boom"),))
+    plan = decide.decide(md, observed, SETTINGS, NOW)
+    assert ("Job", naming.job_name("digits", naming.short_spec_hash(md["spec"]))) in plan.delete
+    assert plan.status["phase"] == "Training"
+
+
+def test_crash_looping_serving_pods_make_it_degraded_not_ready() -> None:
+    md, _ = _trained(make_md())
+    version = md["status"]["modelVersion"]
+    want = builders.build_deployment(md, md["status"]["versions"][0], SETTINGS)["metadata"]["annotations"][
+        naming.ANNOTATION_CONFIG_HASH
+    ]
+    pods = (serving_pod("digits-1", ready=False, broken="container serving is in CrashLoopBackOff"),)
+    plan = decide.decide(md, Observed(deployment=deployment(want, version, 1, ready=0), pods=pods), SETTINGS, NOW)
+    assert plan.status["phase"] == "Degraded"
+    assert _conditions(plan)["Degraded"]["status"] == "True"
+    assert "CrashLoopBackOff" in _conditions(plan)["Degraded"]["message"]
+    assert _conditions(plan)["Ready"]["status"] == "False"
+
+
+def test_pending_pods_keep_it_progressing() -> None:
+    md, _ = _trained(make_md())
+    version = md["status"]["modelVersion"]
+    pods = (serving_pod("digits-1", ready=False, phase="Pending"),)
+    plan = decide.decide(md, Observed(deployment=deployment("x", version, 1, ready=0), pods=pods), SETTINGS, NOW)
+    assert _conditions(plan)["Progressing"]["reason"] == "PodsPending"
+    assert _conditions(plan)["Ready"]["status"] == "False"
+
+
+def test_replicas_edited_on_the_deployment_are_put_back() -> None:
+    md, _ = _trained(make_md({"training": {"dataset": {"builtin": "digits"}}, "serving": {"replicas": 2}}))
+    built = builders.build_deployment(md, md["status"]["versions"][0], SETTINGS)
+    drifted = deployment(
+        built["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH], md["status"]["modelVersion"], 7
+    )
+    plan = decide.decide(md, Observed(deployment=drifted), SETTINGS, NOW)
+    assert built in plan.apply
+
+
+def test_with_autoscaling_the_hpa_s_replica_count_is_left_alone() -> None:
+    spec = {"training": {"dataset": {"builtin": "digits"}}, "serving": {"autoscaling": {"maxReplicas": 10}}}
+    md, _ = _trained(make_md(spec))
+    built = builders.build_deployment(md, md["status"]["versions"][0], SETTINGS)
+    scaled = deployment(
+        built["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH], md["status"]["modelVersion"], 7
+    )
+    hpa = builders.build_hpa(md)
+    assert hpa is not None
+    observed = Observed(
+        deployment=scaled, hpa=ChildState("digits", hpa["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH])
+    )
+    plan = decide.decide(md, observed, SETTINGS, NOW)
+    assert _kinds(plan.apply) == ["Service"]
+    assert plan.status["phase"] == "Ready"
+    assert plan.status["desiredReplicas"] == 7
+
+
+def test_training_change_keeps_serving_the_old_version_until_the_new_one_is_trained() -> None:
+    old, _ = _trained(make_md())
+    new = make_md({"training": {"dataset": {"builtin": "digits"}, "epochs": 8}}, generation=2, status=old["status"])
+    plan = decide.decide(new, Observed(), SETTINGS, NOW)
+    assert _kinds(plan.create) == ["PersistentVolumeClaim", "Job"]
+    deployments = [m for m in plan.apply if m["kind"] == "Deployment"]
+    assert deployments and deployments[0]["metadata"]["labels"][naming.LABEL_VERSION] == old["status"]["modelVersion"]
+    assert plan.status["modelVersion"] == old["status"]["modelVersion"]
+    assert plan.status["phase"] == "Training"
+
+
+def test_old_versions_beyond_retain_versions_lose_their_jobs_and_artifacts() -> None:
+    md, _ = _trained(make_md({"training": {"dataset": {"builtin": "digits"}}, "retainVersions": 2}))
+    older = [
+        {"version": f"v{i}", "path": f"digits/v{i}", "specHash": f"h{i}", "jobName": f"digits-train-h{i}"}
+        for i in range(4)
+    ]
+    md["status"]["versions"] = [md["status"]["versions"][0], *older]
+    old_jobs = tuple(JobState(f"digits-train-h{i}", f"h{i}", 1, "Succeeded", "", "training") for i in range(4))
+    plan = decide.decide(md, Observed(jobs=old_jobs), SETTINGS, NOW)
+    assert [v["version"] for v in plan.status["versions"]] == [md["status"]["modelVersion"], "v0"]
+    deleted = {name for kind, name in plan.delete if kind == "Job"}
+    assert deleted == {"digits-train-h1", "digits-train-h2", "digits-train-h3"}
+    (cleanup,) = [m for m in plan.create if m["metadata"]["labels"][naming.LABEL_COMPONENT] == "cleanup"]
+    command = cleanup["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[-3:] == ["/models/digits/v1", "/models/digits/v2", "/models/digits/v3"]
+
+
+def test_unchanged_status_is_not_written_and_transition_times_stay() -> None:
+    md, observed = _trained(make_md())
+    again = decide.decide(md, observed, SETTINGS, "2030-01-01T00:00:00Z")
+    assert decide.status_patch(md["status"], again.status) is None
+    assert again.events == []
+
+
+def test_status_patch_nulls_keys_that_went_away() -> None:
+    assert decide.status_patch({"a": 1, "endpoint": "x"}, {"a": 2}) == {"a": 2, "endpoint": None}
