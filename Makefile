@@ -44,6 +44,9 @@ test: venv cluster-binaries ## everything: lint, unit tests, and the integration
 test-unit: venv ## only the tests that need no cluster
 	$(BIN)/pytest -m 'not cluster'
 
+# Container images (dockerd, the local base image, the three images) and their targets.
+-include images/images.mk
+
 # The operator's targets (install, uninstall, run, deploy) live beside its code.
 -include operator/operator.mk
 
