@@ -64,13 +64,17 @@ def build_model(recipe: str, x_train: npt.NDArray[np.float32], num_classes: int,
             size //= 2
         layers += [keras.layers.Flatten(), keras.layers.Dense(num_classes, activation="softmax")]
     elif recipe == "mlp":
-        # Tabular features come in any scale; normalising inside the model means clients send raw values.
-        norm = keras.layers.Normalization(axis=-1)
-        norm.adapt(x_train.reshape(len(x_train), -1))
+        # Tabular features come in any scale; standardising inside the model means clients send raw values. The
+        # statistics are baked in as constants (Rescaling): a Normalization layer's variables would become extra
+        # graph inputs in the ONNX export.
+        flat = x_train.reshape(len(x_train), -1).astype(np.float64)
+        std = np.maximum(flat.std(axis=0), 1e-6)
         layers = [
             keras.Input(x_train.shape[1:]),
             keras.layers.Flatten(),
-            norm,
+            keras.layers.Rescaling(
+                scale=(1.0 / std).astype(np.float32), offset=(-flat.mean(axis=0) / std).astype(np.float32)
+            ),
             keras.layers.Dense(64, activation="relu"),
             keras.layers.Dense(32, activation="relu"),
             keras.layers.Dense(num_classes, activation="softmax"),
