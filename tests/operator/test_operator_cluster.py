@@ -1,0 +1,239 @@
+"""The operator on the real local control plane (kwok plays the pods): one test per behaviour of the issue."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from conftest import Models, OperatorProcess
+
+from modeldeploy.cluster.waiting import wait_until
+
+DIGITS: dict[str, Any] = {"training": {"dataset": {"builtin": "digits"}, "epochs": 2}, "serving": {"replicas": 2}}
+FAIL_REPORT = json.dumps({"ok": False, "reason": "InvalidData", "message": "dataset: column 'label' not found"})
+
+
+def _env(deployment: dict[str, Any]) -> dict[str, str]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def _training_jobs(models: Models, name: str) -> list[dict[str, Any]]:
+    return models.items("jobs", f"modeldeploy.dev/model={name},app.kubernetes.io/component=training")
+
+
+def test_apply_trains_then_serves_and_reports_ready(
+    operator: OperatorProcess, models: Models, kubectl: Any, namespace: str
+) -> None:
+    models.apply("digits", DIGITS)
+    kubectl("wait", "--for=condition=Ready", "md/digits", "-n", namespace, "--timeout=90s", timeout=100)
+    status = models.wait_phase("digits", "Ready")
+    (job,) = _training_jobs(models, "digits")
+    short = job["metadata"]["labels"]["modeldeploy.dev/spec-hash"]
+    assert job["metadata"]["name"] == f"digits-train-{short}"
+    assert status["modelVersion"] == f"v{short}"
+    assert status["readyReplicas"] == 2 and status["replicas"] == 2
+    assert status["compression"]["accuracy"] == 0.953
+    assert status["selector"] == "app.kubernetes.io/component=serving,modeldeploy.dev/model=digits"
+    assert status["endpoint"] == f"http://digits.{namespace}.svc:8080"
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert {k: conditions[k]["status"] for k in conditions} == {
+        "Trained": "True",
+        "Compressed": "True",
+        "Available": "True",
+        "Progressing": "False",
+        "Degraded": "False",
+        "Ready": "True",
+    }
+    assert all(c["observedGeneration"] == 1 and c["lastTransitionTime"] for c in conditions.values())
+    deployment = models.get("deployment", "digits")
+    assert _env(deployment)["MODELDEPLOY_MODEL_DIR"] == f"/models/digits/v{short}"
+    assert models.get("service", "digits") is not None
+    assert models.get("pvc", "digits-models") is not None
+    reasons = {e["reason"] for e in models.items("events") if e["involvedObject"]["name"] == "digits"}
+    assert {"JobCreated", "Trained", "Ready"} <= reasons
+    printed = kubectl("get", "md", "digits", "-n", namespace).stdout
+    assert "Ready" in printed and "2/2" in printed and f"v{short}" in printed
+
+
+def test_scale_and_drift_are_corrected_within_seconds(
+    operator: OperatorProcess, models: Models, kubectl: Any, namespace: str
+) -> None:
+    models.apply("digits", DIGITS)
+    models.wait_phase("digits", "Ready")
+    kubectl("scale", "md/digits", "--replicas=5", "-n", namespace)
+    status = models.wait_phase("digits", "Ready", timeout=30)
+    assert status["readyReplicas"] == 5
+    kubectl("scale", "deployment/digits", "--replicas=1", "-n", namespace)
+    wait_until(
+        lambda: (models.get("deployment", "digits") or {}).get("spec", {}).get("replicas") == 5,
+        timeout=15,
+        what="the Deployment's replicas put back to 5",
+    )
+    kubectl("delete", "deployment/digits", "service/digits", "-n", namespace, "--wait=false")
+    wait_until(
+        lambda: (
+            models.get("service", "digits") is not None
+            and models.status("digits").get("readyReplicas") == 5
+            and models.status("digits").get("phase") == "Ready"
+        ),
+        timeout=30,
+        what="the deleted Deployment and Service recreated and Ready",
+        describe=lambda: models.status("digits"),
+    )
+
+
+def test_autoscaling_hpa_owns_the_replicas(
+    operator: OperatorProcess, models: Models, kubectl: Any, namespace: str
+) -> None:
+    spec = {**DIGITS, "serving": {"autoscaling": {"minReplicas": 1, "maxReplicas": 4}}}
+    models.apply("digits", spec)
+    models.wait_phase("digits", "Ready")
+    hpa = models.get("hpa", "digits")
+    assert hpa["spec"]["maxReplicas"] == 4 and hpa["spec"]["scaleTargetRef"]["name"] == "digits"
+    # What the HPA does: scale the Deployment. The operator follows instead of putting the count back.
+    kubectl("scale", "deployment/digits", "--replicas=3", "-n", namespace)
+    wait_until(
+        lambda: models.status("digits").get("readyReplicas") == 3 and models.status("digits").get("phase") == "Ready",
+        timeout=30,
+        what="3 ready replicas kept",
+        describe=lambda: models.status("digits"),
+    )
+    assert models.get("deployment", "digits")["spec"]["replicas"] == 3
+
+
+def test_serving_change_rolls_without_retraining(operator: OperatorProcess, models: Models) -> None:
+    models.apply("digits", DIGITS)
+    models.wait_phase("digits", "Ready")
+    models.apply("digits", {**DIGITS, "serving": {"replicas": 2, "batching": {"maxBatchSize": 8}}})
+    models.wait_phase("digits", "Ready")
+    assert _env(models.get("deployment", "digits"))["MODELDEPLOY_MAX_BATCH_SIZE"] == "8"
+    assert len(_training_jobs(models, "digits")) == 1
+
+
+def test_training_change_trains_a_new_version_and_rolls_with_zero_unavailable(
+    operator: OperatorProcess, models: Models
+) -> None:
+    models.apply("digits", {**DIGITS, "retainVersions": 1})
+    first = models.wait_phase("digits", "Ready")["modelVersion"]
+    models.apply("digits", {**DIGITS, "retainVersions": 1, "training": {**DIGITS["training"], "epochs": 7}})
+    lowest = [2]
+
+    def rolled() -> bool:
+        deployment = models.get("deployment", "digits") or {}
+        lowest[0] = min(lowest[0], int(deployment.get("status", {}).get("availableReplicas") or 0))
+        status = models.status("digits")
+        return status.get("phase") == "Ready" and status.get("modelVersion") != first
+
+    wait_until(rolled, timeout=90, what="the new version Ready", describe=lambda: models.status("digits"))
+    assert lowest[0] >= 2, "a replica became unavailable during the rollout"
+    status = models.status("digits")
+    assert [v["version"] for v in status["versions"]] == [status["modelVersion"]]
+    wait_until(lambda: len(_training_jobs(models, "digits")) == 1, timeout=30, what="the old training Job removed")
+    wait_until(
+        lambda: models.items("jobs", "app.kubernetes.io/component=cleanup"),
+        timeout=30,
+        what="a cleanup Job for the old artifact",
+    )
+
+
+def test_failed_training_sets_failed_without_retry_and_a_new_generation_retries(
+    operator: OperatorProcess, models: Models
+) -> None:
+    failing = {
+        **DIGITS,
+        "training": {
+            **DIGITS["training"],
+            "podAnnotations": {
+                "modeldeploy.dev/fake-result": "fail",
+                "modeldeploy.dev/fake-termination-message": FAIL_REPORT,
+            },
+        },
+    }
+    models.apply("digits", failing)
+    models.wait_phase("digits", "Failed")
+    trained = models.condition("digits", "Trained")
+    assert trained["status"] == "False" and trained["reason"] == "InvalidData"
+    assert "column 'label' not found" in trained["message"]
+    assert models.condition("digits", "Ready")["status"] == "False"
+    (job,) = _training_jobs(models, "digits")
+    assert len(models.items("pods", f"job-name={job['metadata']['name']}")) == 1  # exit 1 fails the Job: no retries
+    models.apply("digits", DIGITS)  # same training spec, new generation: tried again
+    models.wait_phase("digits", "Ready")
+
+
+def test_crash_looping_pods_are_degraded_not_ready(operator: OperatorProcess, models: Models) -> None:
+    models.apply(
+        "digits", {**DIGITS, "serving": {"replicas": 1, "podAnnotations": {"modeldeploy.dev/fake-result": "crashloop"}}}
+    )
+    models.wait_phase("digits", "Degraded")
+    assert models.condition("digits", "Ready")["status"] == "False"
+    assert "CrashLoopBackOff" in models.condition("digits", "Degraded")["message"]
+
+
+def test_deletion_garbage_collects_every_child_without_a_finalizer(
+    operator: OperatorProcess, models: Models, kubectl: Any, namespace: str
+) -> None:
+    models.apply("digits", DIGITS)
+    models.wait_phase("digits", "Ready")
+    assert not models.get("md", "digits")["metadata"].get("finalizers")
+    kubectl("delete", "md/digits", "-n", namespace, "--timeout=30s", timeout=40)
+    wait_until(
+        lambda: (
+            not any(
+                models.items(kind, "modeldeploy.dev/model=digits")
+                for kind in ("deployments", "services", "jobs", "pvc")
+            )
+        ),
+        timeout=60,
+        what="every child of digits removed",
+    )
+
+
+def test_restart_during_training_and_when_ready_converges_without_duplicates(
+    start_operator: Callable[..., OperatorProcess], models: Models, kubectl: Any, namespace: str
+) -> None:
+    first = start_operator("first")
+    hold = {**DIGITS, "training": {**DIGITS["training"], "podAnnotations": {"modeldeploy.dev/fake-result": "hold"}}}
+    models.apply("digits", hold)
+    wait_until(lambda: _training_jobs(models, "digits"), timeout=60, what="the training Job")
+    first.stop(signal.SIGKILL)
+    pod = models.items("pods", "app.kubernetes.io/component=training")[0]["metadata"]["name"]
+    kubectl("annotate", "pod", pod, "-n", namespace, "modeldeploy.dev/fake-result=succeed", "--overwrite")
+    second = start_operator("second")
+    status = models.wait_phase("digits", "Ready")
+    assert len(_training_jobs(models, "digits")) == 1
+    assert len(models.items("deployments", "modeldeploy.dev/model=digits")) == 1
+    before = {c["type"]: c["lastTransitionTime"] for c in status["conditions"]}
+    second.stop(signal.SIGKILL)
+    third = start_operator("third")
+    wait_until(third.is_leading, timeout=30, what="the third operator leading", describe=third.log)
+    status = models.wait_phase("digits", "Ready")
+    assert {c["type"]: c["lastTransitionTime"] for c in status["conditions"]} == before
+
+
+def test_two_operators_never_both_act(
+    start_operator: Callable[..., OperatorProcess], models: Models, kubectl: Any, namespace: str
+) -> None:
+    leader = start_operator("a")
+    wait_until(leader.is_leading, timeout=30, what="a leading", describe=leader.log)
+    standby = start_operator("b")
+    wait_until(lambda: "standby" in standby.log(), timeout=30, what="b waiting as standby", describe=standby.log)
+    models.apply("digits", DIGITS)
+    models.wait_phase("digits", "Ready")
+    assert "digits" in leader.log()
+    assert not standby.is_leading() and "digits" not in standby.log()
+    assert leader.stop(signal.SIGTERM) == 0
+    wait_until(standby.is_leading, timeout=20, what="b taking over", describe=standby.log)
+    kubectl("scale", "md/digits", "--replicas=3", "-n", namespace)
+    assert models.wait_phase("digits", "Ready", timeout=30)["readyReplicas"] == 3
+
+
+def test_operator_writes_status_only_through_the_status_subresource(operator: OperatorProcess, models: Models) -> None:
+    models.apply("digits", DIGITS)
+    models.wait_phase("digits", "Ready")
+    fields = models.get("md", "digits")["metadata"]["managedFields"]
+    ours = [f for f in fields if f["manager"] == "modeldeploy-operator"]
+    assert ours and all(f.get("subresource") == "status" for f in ours)
