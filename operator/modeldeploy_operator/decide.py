@@ -164,16 +164,20 @@ def merge_conditions(
     return out
 
 
-def transition_events(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[Event]:
-    previous = {c.get("type"): c for c in old if isinstance(c, dict)}
+def transition_events(
+    old: list[dict[str, Any]], new: list[dict[str, Any]], old_phase: str, new_phase: str, summary: str
+) -> list[Event]:
+    """One event per phase change, and one per condition whose status or reason changed (not on first sight)."""
     events = []
+    if old_phase != new_phase:
+        kind = "Warning" if new_phase in (PHASE_FAILED, PHASE_DEGRADED) else "Normal"
+        events.append(Event(kind, new_phase, f"phase {old_phase or 'none'} -> {new_phase}: {summary}"))
+    previous = {c.get("type"): c for c in old if isinstance(c, dict)}
     for cond in new:
-        before = previous.get(cond["type"]) or {}
-        if before.get("status") == cond["status"] and before.get("reason") == cond["reason"]:
+        before = previous.get(cond["type"])
+        if before is None or (before.get("status") == cond["status"] and before.get("reason") == cond["reason"]):
             continue
         kind = "Warning" if (cond["type"], cond["status"]) in WARNING_STATES else "Normal"
-        if cond["type"] == "Ready" and cond["status"] == "False" and cond["reason"] in ("Degraded", "TrainingFailed"):
-            kind = "Warning"
         events.append(Event(kind, cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}"))
     return events
 
@@ -315,7 +319,10 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
         _ready_condition(phase, training, ready=ready_count, desired=desired, served=served, degraded=degraded_message),
     ]
     conditions = merge_conditions(old.get("conditions") or [], conditions, generation, now)
-    plan.events.extend(transition_events(old.get("conditions") or [], conditions))
+    ready_message = next(c["message"] for c in conditions if c["type"] == "Ready")
+    plan.events.extend(
+        transition_events(old.get("conditions") or [], conditions, str(old.get("phase") or ""), phase, ready_message)
+    )
 
     status: dict[str, Any] = {
         "observedGeneration": generation,

@@ -71,7 +71,8 @@ class Kube:
         from urllib3.exceptions import HTTPError  # noqa: PLC0415
 
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        payload = json.dumps(body).encode() if body is not None else None
+        # The client serializes a dict for JSON content types; an apply patch (YAML) must be given as text.
+        payload = body if body is None or "json" in content_type else json.dumps(body)
         params = list((query or {}).items())
         try:
             method, url, headers, _, _ = self._api.param_serialize(

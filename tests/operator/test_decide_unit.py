@@ -87,7 +87,7 @@ def test_failed_job_reports_the_termination_message_and_does_not_retry() -> None
     assert trained["status"] == "False" and trained["reason"] == "InvalidData"
     assert "dataset has no label column" in trained["message"]
     assert "Job" not in _kinds(plan.create) and plan.delete == []
-    assert any(e.type == "Warning" and e.reason == "InvalidData" for e in plan.events)
+    assert any(e.type == "Warning" and e.reason == "Failed" and "no label column" in e.message for e in plan.events)
 
 
 def test_failed_job_is_retried_for_a_new_generation() -> None:

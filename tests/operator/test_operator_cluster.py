@@ -53,7 +53,7 @@ def test_apply_trains_then_serves_and_reports_ready(
     assert models.get("service", "digits") is not None
     assert models.get("pvc", "digits-models") is not None
     reasons = {e["reason"] for e in models.items("events") if e["involvedObject"]["name"] == "digits"}
-    assert {"JobCreated", "Trained", "Ready"} <= reasons
+    assert {"Training", "Trained", "Deploying", "Ready"} <= reasons
     printed = kubectl("get", "md", "digits", "-n", namespace).stdout
     assert "Ready" in printed and "2/2" in printed and f"v{short}" in printed
 
@@ -231,9 +231,12 @@ def test_two_operators_never_both_act(
     assert models.wait_phase("digits", "Ready", timeout=30)["readyReplicas"] == 3
 
 
-def test_operator_writes_status_only_through_the_status_subresource(operator: OperatorProcess, models: Models) -> None:
+def test_operator_writes_status_only_through_the_status_subresource(
+    operator: OperatorProcess, models: Models, kubectl: Any, namespace: str
+) -> None:
     models.apply("digits", DIGITS)
     models.wait_phase("digits", "Ready")
-    fields = models.get("md", "digits")["metadata"]["managedFields"]
+    shown = kubectl("get", "md", "digits", "-n", namespace, "-o", "json", "--show-managed-fields").stdout
+    fields = json.loads(shown)["metadata"]["managedFields"]
     ours = [f for f in fields if f["manager"] == "modeldeploy-operator"]
     assert ours and all(f.get("subresource") == "status" for f in ours)
