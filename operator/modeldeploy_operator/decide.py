@@ -232,6 +232,8 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
 
     # Retention: the newest retainVersions versions stay (their Jobs and artifacts), plus whatever is served.
     pinned = {str(v["version"]) for v in (target, served) if v}
+    # Pods of a previous version may still be serving from its directory until the rollout is done.
+    pinned |= {p.version for p in observed.pods if p.component == naming.COMPONENT_SERVING and p.version}
     versions, dropped = _retained(versions, int(spec.get("retainVersions", 3)), pinned)
     kept_hashes = {v.get("specHash") for v in versions} | {naming.short_spec_hash(spec)}
     for job in observed.jobs:

@@ -73,6 +73,7 @@ class PodState:
     termination_message: str | None
     unschedulable_message: str
     deleting: bool = False
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
         termination_message=message,
         unschedulable_message=unschedulable,
         deleting=_get(obj, "metadata", "deletionTimestamp") is not None,
+        version=labels.get(naming.LABEL_VERSION, ""),
     )
 
 

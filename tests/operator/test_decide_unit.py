@@ -186,3 +186,14 @@ def test_unchanged_status_is_not_written_and_transition_times_stay() -> None:
 
 def test_status_patch_nulls_keys_that_went_away() -> None:
     assert decide.status_patch({"a": 1, "endpoint": "x"}, {"a": 2}) == {"a": 2, "endpoint": None}
+
+
+def test_a_version_still_served_by_pods_keeps_its_artifact_during_the_rollout() -> None:
+    md, _ = _trained(make_md({"training": {"dataset": {"builtin": "digits"}}, "retainVersions": 1}))
+    md["status"]["versions"].append({"version": "vold", "path": "digits/vold", "specHash": "old", "jobName": "j"})
+    old_pod = serving_pod("digits-old")
+    old_pod = type(old_pod)(**{**old_pod.__dict__, "version": "vold"})
+    during = decide.decide(md, Observed(pods=(old_pod,)), SETTINGS, NOW)
+    assert [v["version"] for v in during.status["versions"]][-1] == "vold"
+    after = decide.decide(md, Observed(), SETTINGS, NOW)
+    assert "vold" not in [v["version"] for v in after.status["versions"]]
