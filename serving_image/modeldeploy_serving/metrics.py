@@ -60,6 +60,10 @@ class Metrics:
 
     def set_model(self, model: str) -> None:
         """The model's name is known once it is loaded; until then requests are counted under ""."""
+        if self.model == "" and model != "":
+            # The placeholder series would sit at 0 beside the real ones and confuse dashboards.
+            for metric in (self.queue_time, self.batch_size, self.in_flight):
+                metric.remove("")
         self.model = model
         self._queue_time = self.queue_time.labels(model)
         self._batch_size = self.batch_size.labels(model)

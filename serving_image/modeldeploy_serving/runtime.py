@@ -63,7 +63,7 @@ class OnnxModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
-        except (*_ort_errors(), RuntimeError, ValueError, OSError) as err:
+        except _ort_errors() as err:
             raise ModelLoadError(f"onnxruntime cannot load {model_path}: {err}") from err
         inputs = tuple(_metadata(arg, "input") for arg in session.get_inputs())
         outputs = tuple(_metadata(arg, "output") for arg in session.get_outputs())
@@ -84,7 +84,7 @@ class OnnxModel:
         """Run the model on inputs that the data plane validated; every output comes back."""
         try:
             results = self._session.run(self._output_names, feeds)
-        except (*_ort_errors(), RuntimeError, ValueError, TypeError) as err:
+        except _ort_errors() as err:
             raise InferenceFailed(f"onnxruntime failed: {err}") from err
         return dict(zip(self._output_names, results, strict=True))
 
@@ -111,14 +111,16 @@ class OnnxModel:
 
 
 def _ort_errors() -> tuple[type[Exception], ...]:
-    """onnxruntime's own exception types (InvalidProtobuf, Fail, InvalidArgument, ...) derive from Exception only."""
+    """What onnxruntime raises: its own types (InvalidProtobuf, Fail, InvalidArgument, ...) derive from Exception
+    only, and its Python layer raises RuntimeError, ValueError, TypeError and OSError."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state  # noqa: PLC0415 - loaded with onnxruntime
 
-    return tuple(
+    own = [
         value
         for value in vars(state).values()
         if isinstance(value, type) and issubclass(value, Exception) and value.__module__ == state.__name__
-    )
+    ]
+    return (*own, RuntimeError, ValueError, TypeError, OSError)
 
 
 def _metadata(arg: Any, what: str) -> TensorMetadata:

@@ -1,0 +1,120 @@
+"""Dynamic batching: merged runs give each request exactly its own rows, under real concurrency too."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from modeldeploy_serving.batching import Batcher
+from modeldeploy_serving.errors import InvalidInput
+
+from .conftest import start_server
+
+
+class GatedModel:
+    """A fake model: doubles its input, records the rows of each run; the first run waits for a gate to open, so
+    that the test decides what is queued behind it."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.runs: list[int] = []
+        self.started = threading.Event()
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.runs:
+            self.started.set()
+            self.gate.wait(10)
+        x = feeds["x"]
+        self.runs.append(int(x.shape[0]))
+        if (x < 0).any():
+            raise InvalidInput("negative values")
+        return {"y": x * 2}
+
+
+def run_gated(batcher: Batcher, model: GatedModel, sizes: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    first = batcher.submit({"x": np.zeros((1, 3), np.float32)})
+    assert model.started.wait(10)
+    inputs = [np.full((n, 3), i + 1, np.float32) for i, n in enumerate(sizes)]
+    futures = [batcher.submit({"x": x}) for x in inputs]
+    model.gate.set()
+    first.result(10)
+    return [f.result(10)["y"] for f in futures], inputs
+
+
+def test_queued_requests_of_mixed_sizes_merge_and_split_back() -> None:
+    model = GatedModel()
+    batcher = Batcher(model.predict, max_batch_size=8, max_queue_delay=0.0)
+    batcher.start()
+    try:
+        sizes = [3, 1, 4, 1, 5, 2, 6, 1]
+        results, inputs = run_gated(batcher, model, sizes)
+    finally:
+        batcher.stop(5)
+    for result, x in zip(results, inputs, strict=True):
+        np.testing.assert_array_equal(result, x * 2)
+    merged = model.runs[1:]
+    assert sum(merged) == sum(sizes)
+    assert all(rows <= 8 for rows in merged)
+    assert len(merged) < len(sizes), "queued requests were not merged"
+
+
+def test_a_request_larger_than_the_batch_runs_alone() -> None:
+    model = GatedModel()
+    batcher = Batcher(model.predict, max_batch_size=4, max_queue_delay=0.0)
+    batcher.start()
+    try:
+        results, inputs = run_gated(batcher, model, [9, 1])
+    finally:
+        batcher.stop(5)
+    np.testing.assert_array_equal(results[0], inputs[0] * 2)
+    assert 9 in model.runs
+
+
+def test_one_bad_request_in_a_batch_fails_alone() -> None:
+    model = GatedModel()
+    batcher = Batcher(model.predict, max_batch_size=8, max_queue_delay=0.0)
+    batcher.start()
+    try:
+        first = batcher.submit({"x": np.zeros((1, 3), np.float32)})
+        assert model.started.wait(10)
+        good = batcher.submit({"x": np.ones((2, 3), np.float32)})
+        bad = batcher.submit({"x": -np.ones((1, 3), np.float32)})
+        model.gate.set()
+        first.result(10)
+        np.testing.assert_array_equal(good.result(10)["y"], np.full((2, 3), 2, np.float32))
+        with pytest.raises(InvalidInput, match="negative"):
+            bad.result(10)
+    finally:
+        batcher.stop(5)
+
+
+def test_concurrent_http_requests_each_get_their_unbatched_result(models: dict[str, Path]) -> None:
+    """Many clients at once on a model slow enough that requests queue: merged runs, per-request exact answers."""
+    session = ort.InferenceSession(str(models["slow"] / "model.onnx"), providers=["CPUExecutionProvider"])
+    server = start_server(models["slow"], "--grpc-port", "0", "--max-batch-size", "16")
+    rng = np.random.default_rng(1)
+    inputs = [rng.normal(size=(int(rng.integers(1, 6)), 512)).astype(np.float32) for _ in range(48)]
+
+    def call(x: np.ndarray) -> np.ndarray:
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+        response = httpx.post(f"{server.url}/v2/models/slow/infer", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        return np.array(response.json()["outputs"][0]["data"], np.float32).reshape(x.shape)
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(call, inputs))
+        metrics = httpx.get(f"{server.url}/metrics").text
+    finally:
+        server.stop()
+    for x, got in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-4, atol=1e-5)
+    runs = next(
+        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("modeldeploy_batch_size_count")
+    )
+    assert runs < len(inputs), f"{runs} runs for {len(inputs)} concurrent requests: nothing merged"
