@@ -1,0 +1,270 @@
+"""Benchmark of the inference server: throughput and p50/p99 latency at concurrency 1, 8 and 64 (one-sample
+requests, wrk), idle RSS and start-to-ready time, for two models, against the floor (onnxruntime in-process) and a
+naive FastAPI handler that calls onnxruntime per request (same uvicorn), all measured in the same run.
+
+The server (and the baseline) is pinned to core 0, wrk to core 1; onnxruntime uses one intra-op thread everywhere.
+All traffic goes to 127.0.0.1. On a shared machine numbers move between runs: compare the ratios of one run.
+
+    .venv/bin/python bench/serving.py [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SERVER_CORE, CLIENT_CORE = "0", "1"
+CONCURRENCY = (1, 8, 64)
+
+
+def load_model_builders() -> Any:
+    """The tests' ONNX builders (tests/serving/onnx_models.py): the benchmark serves the same models."""
+    path = ROOT / "tests" / "serving" / "onnx_models.py"
+    spec = importlib.util.spec_from_file_location("serving_onnx_models", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non200: int
+
+
+@dataclass
+class Started:
+    process: subprocess.Popen[bytes]
+    url: str
+    ready_seconds: float
+    idle_rss_mb: float
+
+
+def start(command: list[str], port: int, env: dict[str, str]) -> Started:
+    """Start a server pinned to the server core; time until its readiness endpoint says 200."""
+    began = time.perf_counter()
+    process = subprocess.Popen(
+        ["taskset", "-c", SERVER_CORE, *command],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(timeout=1) as client:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command} exited with {process.returncode}")
+            try:
+                if client.get(f"{url}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.005)  # polling a child we do not control; 5 ms is the resolution of start-to-ready
+    ready = time.perf_counter() - began
+    time.sleep(1.0)  # let start-up garbage settle before reading the idle RSS
+    pages = int(Path(f"/proc/{process.pid}/statm").read_text().split()[1])
+    return Started(process, url, ready, pages * os.sysconf("SC_PAGE_SIZE") / 1e6)
+
+
+def stop(started: Started) -> None:
+    started.process.terminate()
+    try:
+        started.process.wait(30)
+    except subprocess.TimeoutExpired:
+        started.process.kill()
+
+
+def wrk(url: str, body_file: Path, connections: int, seconds: int) -> Run:
+    output = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            CLIENT_CORE,
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "-s",
+            str(ROOT / "bench" / "serving.lua"),
+            url,
+        ],
+        env={**os.environ, "BODY_FILE": str(body_file)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p50 = int(re.search(r"P50_US (\d+)", output).group(1))  # type: ignore[union-attr]
+    p99 = int(re.search(r"P99_US (\d+)", output).group(1))  # type: ignore[union-attr]
+    non200 = int(re.search(r"NON200 (\d+)", output).group(1))  # type: ignore[union-attr]
+    return Run(rps, p50 / 1000, p99 / 1000, non200)
+
+
+def batch_stats(url: str) -> tuple[float, float]:
+    text = httpx.get(f"{url}/metrics").text
+    total = float(re.search(r"^modeldeploy_batch_size_sum\{[^}]*\} (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    count = float(re.search(r"^modeldeploy_batch_size_count\{[^}]*\} (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    return total, count
+
+
+def floor(model: Path, sample_shape: tuple[int, ...], batch: int, seconds: float = 2.0) -> float:
+    """onnxruntime in this process on the server core, one intra-op thread: samples per second at `batch`."""
+    import onnxruntime as ort  # noqa: PLC0415 - only the floor needs it in this process
+
+    os.sched_setaffinity(0, {int(SERVER_CORE)})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((batch, *sample_shape), dtype=np.float32)
+    session.run(None, {"input": x})
+    runs = 0
+    began = time.perf_counter()
+    while (elapsed := time.perf_counter() - began) < seconds:
+        session.run(None, {"input": x})
+        runs += 1
+    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    return runs * batch / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=6, help="length of each wrk run")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    builders = load_model_builders()
+    work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    models = {
+        "digits-cnn": (builders.digits_cnn(work / "digits" / "model.onnx"), (8, 8, 1)),
+        "heavy-cnn": (builders.heavy_cnn(work / "heavy" / "model.onnx"), (32, 32, 3)),
+    }
+    rows: list[str] = []
+    summary: list[str] = []
+    for name, (model, sample_shape) in models.items():
+        x = np.random.default_rng(0).random((1, *sample_shape), dtype=np.float32)
+        body = work / f"{name}.json"
+        body.write_bytes(
+            orjson.dumps(
+                {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+            )
+        )
+        results: dict[str, dict[int, Run]] = {}
+        port = free_port()
+        server = start(
+            [
+                str(BIN / "modeldeploy"),
+                "serve",
+                "--model-dir",
+                str(model.parent),
+                "--model-name",
+                "m",
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                str(port),
+                "--grpc-port",
+                str(free_port()),
+            ],
+            port,
+            {"MODELDEPLOY_LOG_LEVEL": "WARNING"},
+        )
+        mean_batch = 1.0
+        try:
+            results["modeldeploy"] = {}
+            for conns in CONCURRENCY:
+                before = batch_stats(server.url)
+                results["modeldeploy"][conns] = wrk(f"{server.url}/v2/models/m/infer", body, conns, args.seconds)
+                after = batch_stats(server.url)
+                if conns == 64 and after[1] > before[1]:
+                    mean_batch = (after[0] - before[0]) / (after[1] - before[1])
+        finally:
+            stop(server)
+        port = free_port()
+        baseline = start(
+            [
+                str(BIN / "uvicorn"),
+                "--app-dir",
+                str(ROOT / "bench"),
+                "serving_baseline:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            port,
+            {"MODEL": str(model)},
+        )
+        try:
+            results["naive FastAPI"] = {
+                conns: wrk(f"{baseline.url}/v2/models/m/infer", body, conns, args.seconds) for conns in CONCURRENCY
+            }
+        finally:
+            stop(baseline)
+        same_batch = max(1, round(mean_batch))
+        floor_rps = floor(model, sample_shape, same_batch)
+        floor_1 = floor(model, sample_shape, 1)
+        for system, runs in results.items():
+            for conns, run in runs.items():
+                latency = f"{run.p50_ms:.2f} | {run.p99_ms:.2f}"
+                rows.append(f"| {name} | {system} | {conns} | {run.rps:,.0f} | {latency} | {run.non200} |")
+        rows.append(f"| {name} | onnxruntime in-process, batch 1 | - | {floor_1:,.0f} | | | |")
+        rows.append(f"| {name} | onnxruntime in-process, batch {same_batch} | - | {floor_rps:,.0f} | | | |")
+        ours, naive = results["modeldeploy"][64], results["naive FastAPI"][64]
+        summary.append(
+            f"- {name}: at concurrency 64 modeldeploy/naive throughput {ours.rps / naive.rps:.2f}x (goal >= 2), "
+            f"p99 {ours.p99_ms:.2f} ms vs {naive.p99_ms:.2f} ms (goal: no worse); mean batch {mean_batch:.1f} rows; "
+            f"modeldeploy / in-process onnxruntime at batch {same_batch}: {ours.rps / floor_rps:.0%} (goal >= 70% on "
+            f"the heavy model); idle RSS {server.idle_rss_mb:.0f} MB "
+            f"(goal <= 100; naive {baseline.idle_rss_mb:.0f} MB); "
+            f"start to ready {server.ready_seconds:.2f} s (goal <= 2; naive {baseline.ready_seconds:.2f} s)"
+        )
+    print(
+        f"command: {' '.join([Path(sys.executable).name, *sys.argv])} (server on core {SERVER_CORE}, "
+        f"wrk on core {CLIENT_CORE}, {args.seconds} s per run, one-sample requests)\n"
+    )
+    print("| model | system | concurrency | req/s (samples/s) | p50 ms | p99 ms | non-200 |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print()
+    print("\n".join(summary))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
