@@ -20,7 +20,7 @@ $(BIN)/modeldeploy: pyproject.toml
 venv: $(BIN)/modeldeploy ## create .venv with the modeldeploy CLI and every extra
 
 cluster-binaries: ## build (once, cached) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok
-	@hack/build-binaries.sh
+	@bash src/modeldeploy/cluster/build-binaries.sh >/dev/null
 
 cluster-up: venv cluster-binaries ## start the local control plane CLUSTER; the last line printed is its kubeconfig
 	@$(BIN)/modeldeploy cluster up --name $(CLUSTER)

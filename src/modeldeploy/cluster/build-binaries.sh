@@ -20,6 +20,7 @@ have_all() {
 }
 
 if have_all; then echo "$BIN"; exit 0; fi
+[ -z "${MODELDEPLOY_NO_BUILD:-}" ] || die "the control plane's binaries are not built in $BIN: run \`make cluster-binaries\`"
 
 command -v go >/dev/null 2>&1 || die "Go is not installed (need go >= 1.24 on PATH; Debian: apt-get install golang, or the go.dev toolchain)."
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod

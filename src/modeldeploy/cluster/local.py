@@ -55,12 +55,12 @@ def find_binaries(build: bool = True) -> Path:
             raise ClusterError(f"MODELDEPLOY_BIN_DIR={path} lacks {', '.join(missing)}")
         return path
     script = resources.files("modeldeploy.cluster").joinpath("build-binaries.sh")
-    if not build:
-        raise ClusterError("the control plane's binaries are not built: run `make cluster-binaries`")
+    env = {**os.environ, "MODELDEPLOY_NO_BUILD": "" if build else "1"}
     with resources.as_file(script) as script_path:
-        result = subprocess.run(["bash", str(script_path)], stdout=subprocess.PIPE, text=True, check=False)
+        result = subprocess.run(["bash", str(script_path)], stdout=subprocess.PIPE, text=True, env=env, check=False)
     if result.returncode != 0:
-        raise ClusterError("building the control plane's binaries failed (the lines above say why)")
+        what = "building the control plane's binaries failed" if build else "the binaries are missing"
+        raise ClusterError(f"{what} (the lines above say why)")
     return Path(result.stdout.strip().splitlines()[-1])
 
 
