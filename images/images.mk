@@ -1,0 +1,25 @@
+# Container images without an image registry: a Docker engine started by hand, the base image made locally when it
+# cannot be pulled, the three images built from their Dockerfiles. Included by the top-level Makefile; docs/images.md.
+IMAGE_PREFIX ?= modeldeploy
+IMAGE_TAG ?= $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n 1)
+export IMAGE_PREFIX IMAGE_TAG
+
+.PHONY: docker-up docker-down base-image images image-training image-serving image-operator images-bench
+
+docker-up: ## start dockerd when no Docker engine answers (installs docker.io if it is missing)
+	@images/docker.sh up
+
+docker-down: ## stop the dockerd that docker-up started (an engine it found running is left alone)
+	@images/docker.sh down
+
+base-image: docker-up ## make python:3.11-slim available: local, pulled, or built from debootstrap
+	@images/base-image.sh
+
+images: base-image ## build the training, serving and operator images (a missing Dockerfile is skipped)
+	@images/build.sh training serving operator
+
+image-training image-serving image-operator: image-%: base-image ## build one image
+	@images/build.sh $*
+
+images-bench: images venv ## image sizes and the serving image's start-to-ready time
+	@$(BIN)/python bench/images.py
