@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "cluster": "modeldeploy.cluster.cli",
     "train": "modeldeploy_training.cli",
     "serve": "modeldeploy_serving.cli",
+    "run": "modeldeploy.run",
+    "predict": "modeldeploy.predict",
 }
 
 
@@ -32,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modeldeploy",
         description="Train, compress, serve and scale a model from one ModelDeployment.",
+        epilog=(
+            "start here:\n"
+            "  modeldeploy run samples/digits-cnn.yaml          try a spec on this machine (train, compress, serve)\n"
+            "  modeldeploy predict --model digits digit.png     ask the served model\n"
+            "  modeldeploy cluster up                           a local control plane (prints its kubeconfig)\n"
+            "  modeldeploy operator                             the operator, against $KUBECONFIG\n"
+            "\n'modeldeploy COMMAND --help' tells more about each."
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
