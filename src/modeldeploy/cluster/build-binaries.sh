@@ -5,6 +5,9 @@
 # Why a wrapper module: k8s.io/kubernetes requires its ~30 staging modules at v0.0.0 with local replaces, and
 # replaces only apply in the main module, so `go install k8s.io/kubernetes/cmd/...@v` cannot work. The wrapper
 # requires k8s.io/kubernetes and replaces each staging module with its published v0.<minor>.<patch> tag.
+#
+# `build-binaries.sh --real-node` also requires kubelet and kube-proxy (for `modeldeploy cluster up --real-node`);
+# they are built from the same wrapper module, so a control-plane-only run never pays for them.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
@@ -13,14 +16,28 @@ KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 CACHE="${MODELDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modeldeploy}"
 BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+NODE_CMDS=(kubelet kube-proxy)
+REAL_NODE=""
+for arg in "$@"; do
+  case "$arg" in
+    --real-node) REAL_NODE=1 ;;
+    *) echo "build-binaries: unknown argument $arg (known: --real-node)" >&2; exit 2 ;;
+  esac
+done
+WANTED=("${K8S_CMDS[@]}")
+[ -z "$REAL_NODE" ] || WANTED+=("${NODE_CMDS[@]}")
 
 die() { echo "build-binaries: $*" >&2; exit 1; }
 have_all() {
-  for b in "${K8S_CMDS[@]}" etcd kwok; do [ -x "$BIN/$b" ] || return 1; done
+  for b in "${WANTED[@]}" etcd kwok; do [ -x "$BIN/$b" ] || return 1; done
+  [ -z "$REAL_NODE" ] || [ -x "$BIN/pause" ] || return 1
 }
 
 if have_all; then echo "$BIN"; exit 0; fi
-[ -z "${MODELDEPLOY_NO_BUILD:-}" ] || die "the control plane's binaries are not built in $BIN: run \`make cluster-binaries\`"
+if [ -n "${MODELDEPLOY_NO_BUILD:-}" ]; then
+  [ -z "$REAL_NODE" ] || die "the real node's binaries (kubelet, kube-proxy) are not built in $BIN: run \`make cluster-binaries REAL_NODE=1\`"
+  die "the control plane's binaries are not built in $BIN: run \`make cluster-binaries\`"
+fi
 
 command -v go >/dev/null 2>&1 || die "Go is not installed (need go >= 1.24 on PATH; Debian: apt-get install golang, or the go.dev toolchain)."
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -60,7 +77,8 @@ build_kubernetes() {
     echo ")"
   } > "$work/go.mod"
   printf 'package tools\n\nimport (\n' > "$work/tools.go"
-  for c in "${K8S_CMDS[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c" >> "$work/tools.go"; done
+  # Every command, wanted now or not: one go.sum serves a control-plane build and a later real-node build.
+  for c in "${K8S_CMDS[@]}" "${NODE_CMDS[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c" >> "$work/tools.go"; done
   printf ')\n' >> "$work/tools.go"
   sed -i '1i //go:build tools' "$work/tools.go"
   run_logged "resolving Kubernetes $K8S_VERSION modules" bash -c "cd '$work' && go mod tidy"
@@ -71,9 +89,10 @@ build_kubernetes() {
   for p in $pkg $cpkg; do
     ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
-  local targets=()
-  for c in "${K8S_CMDS[@]}"; do targets+=("k8s.io/kubernetes/cmd/$c"); done
-  run_logged "compiling ${K8S_CMDS[*]} $K8S_VERSION" bash -c "cd '$work' && go build -trimpath -ldflags '$ld' -o '$BIN/' ${targets[*]}"
+  local targets=() missing=()
+  for c in "${WANTED[@]}"; do [ -x "$BIN/$c" ] || missing+=("$c"); done
+  for c in "${missing[@]}"; do targets+=("k8s.io/kubernetes/cmd/$c"); done
+  run_logged "compiling ${missing[*]} $K8S_VERSION" bash -c "cd '$work' && go build -trimpath -ldflags '$ld' -o '$BIN/' ${targets[*]}"
 }
 
 build_etcd() {
@@ -95,8 +114,17 @@ build_kwok() {
   run_logged "compiling kwok $KWOK_VERSION" env GOBIN="$BIN" go install -trimpath -ldflags '-s -w' "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 }
 
+build_pause() {  # the real node's sandbox process, a static binary of a few lines (pause/main.go beside this script)
+  local work="$CACHE/src/pause"
+  mkdir -p "$work"
+  cp "$(dirname "${BASH_SOURCE[0]}")/pause/main.go" "$work/main.go"
+  printf 'module modeldeploy.local/pause\n\ngo 1.23\n' > "$work/go.mod"
+  run_logged "compiling pause" bash -c "cd '$work' && go build -trimpath -ldflags '-s -w' -o '$BIN/pause' ."
+}
+
 [ -x "$BIN/etcd" ] || build_etcd
 [ -x "$BIN/kwok" ] || build_kwok
+if [ -n "$REAL_NODE" ] && [ ! -x "$BIN/pause" ]; then build_pause; fi
 have_all || build_kubernetes
 have_all || die "build finished but binaries are missing in $BIN"
 echo "$BIN"

@@ -16,10 +16,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "  export KUBECONFIG=$(modeldeploy cluster up | tail -1)\n"
         "  modeldeploy cluster status --name demo\n"
         "  modeldeploy cluster down\n"
+        "  modeldeploy cluster up --real-node --name demo     # plus a real node for the project's pods\n"
+        "  modeldeploy cluster load-images --name demo        # re-import the images after `make images`\n"
     )
-    parser.add_argument("action", choices=["up", "down", "status"], help="what to do")
+    parser.add_argument("action", choices=["up", "down", "status", "load-images"], help="what to do")
     parser.add_argument("--name", default="modeldeploy", help="cluster name; its state lives in a directory of its own")
     parser.add_argument("--nodes", type=int, default=3, help="fake (kwok) nodes to register (default: 3)")
+    parser.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also run a real node (containerd, kubelet, kube-proxy; needs root): see docs/real-node.md",
+    )
+    parser.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        help="load-images: an image of the local Docker engine to import into the real node (repeatable; "
+        "default: the project's three images)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from modeldeploy.cluster.pki import PkiError  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    cluster = LocalCluster(args.name, nodes=args.nodes)
+    cluster = LocalCluster(args.name, nodes=args.nodes, real_node=args.real_node)
     try:
         if args.action == "up":
             kubeconfig = cluster.up()
@@ -36,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "down":
             stopped = cluster.down()
             sys.stderr.write(f"cluster {args.name}: stopped {', '.join(stopped) or 'nothing (it was not running)'}\n")
+        elif args.action == "load-images":
+            from modeldeploy.cluster.realnode import PROJECT_IMAGES  # noqa: PLC0415
+
+            imported = cluster.load_images(args.image or list(PROJECT_IMAGES))
+            sys.stderr.write(f"cluster {args.name}: imported {', '.join(imported)}\n")
         else:
             sys.stdout.write(json.dumps(cluster.status(), indent=2) + "\n")
     except (ClusterError, PkiError) as err:

@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from modeldeploy.cluster import realnode
 from modeldeploy.cluster.pki import make_pki
 
 log = logging.getLogger(__name__)
@@ -45,19 +46,22 @@ def default_state_root() -> Path:
     return Path(os.environ.get("MODELDEPLOY_STATE_DIR", str(Path(base) / "modeldeploy" / "clusters")))
 
 
-def find_binaries(build: bool = True) -> Path:
-    """The directory with the control plane's binaries, building them (once, cached) when they are missing."""
+def find_binaries(build: bool = True, *, real_node: bool = False) -> Path:
+    """The directory with the control plane's binaries, building them (once, cached) when they are missing; with
+    `real_node`, also the kubelet, kube-proxy and the pause program."""
+    wanted = (*BINARIES, *(realnode.NODE_BINARIES if real_node else ()))
     override = os.environ.get("MODELDEPLOY_BIN_DIR")
     if override:
         path = Path(override)
-        missing = [b for b in BINARIES if not (path / b).is_file()]
+        missing = [b for b in wanted if not (path / b).is_file()]
         if missing:
             raise ClusterError(f"MODELDEPLOY_BIN_DIR={path} lacks {', '.join(missing)}")
         return path
     script = resources.files("modeldeploy.cluster").joinpath("build-binaries.sh")
     env = {**os.environ, "MODELDEPLOY_NO_BUILD": "" if build else "1"}
     with resources.as_file(script) as script_path:
-        result = subprocess.run(["bash", str(script_path)], stdout=subprocess.PIPE, text=True, env=env, check=False)
+        command = ["bash", str(script_path), *(["--real-node"] if real_node else [])]
+        result = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, check=False)
     if result.returncode != 0:
         what = "building the control plane's binaries failed" if build else "the binaries are missing"
         raise ClusterError(f"{what} (the lines above say why)")
@@ -83,16 +87,28 @@ def port_is_taken(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of a process (field 22 of /proc/PID/stat), None when it is gone."""
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a process from /proc/PID/stat (fields 3 and 22), None when there is no such entry."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":  # a zombie has exited: it holds no port and needs only reaping
+    return fields[0], fields[19]
+
+
+def recorded_start_time(pid: int) -> str:
+    """What to record for a process just started: its start time, even if it has already exited (a zombie)."""
+    stat = _proc_stat(pid)
+    return stat[1] if stat else "gone"
+
+
+def process_start_time(pid: int) -> str | None:
+    """The start time of a live process, None when it is gone or has exited (a zombie holds no port)."""
+    stat = _proc_stat(pid)
+    if stat is None or stat[0] == "Z":
         return None
-    return fields[19]
+    return stat[1]
 
 
 @dataclass
@@ -105,6 +121,7 @@ class ClusterState:
     owner_pid: int = 0
     ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    real_node: dict[str, Any] = field(default_factory=dict)  # what the real node's sweep needs; empty without one
 
     @property
     def file(self) -> Path:
@@ -121,6 +138,7 @@ class ClusterState:
             "owner_pid": self.owner_pid,
             "ports": self.ports,
             "processes": self.processes,
+            "real_node": self.real_node,
         }
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
@@ -139,17 +157,21 @@ class ClusterState:
             owner_pid=data.get("owner_pid", 0),
             ports=data.get("ports", {}),
             processes=data.get("processes", {}),
+            real_node=data.get("real_node", {}),
         )
 
 
 class LocalCluster:
     """One named local control plane. `up()` returns the kubeconfig; `down()` leaves nothing behind."""
 
-    def __init__(self, name: str = "modeldeploy", *, state_root: Path | None = None, nodes: int = 3) -> None:
+    def __init__(
+        self, name: str = "modeldeploy", *, state_root: Path | None = None, nodes: int = 3, real_node: bool = False
+    ) -> None:
         if not name or not all(c.isalnum() or c in "-_" for c in name):
             raise ClusterError(f"cluster name {name!r} must be letters, digits, '-' or '_'")
         self.name = name
         self.nodes = nodes
+        self.real_node = real_node
         self.directory = (state_root or default_state_root()) / name
 
     @property
@@ -162,15 +184,28 @@ class LocalCluster:
         existing = ClusterState.load(self.directory)
         if existing is not None:
             if self._all_running(existing) and self._api_ready(existing):
+                if self.real_node and not existing.real_node:
+                    raise ClusterError(
+                        f"cluster {self.name} is up without a real node: "
+                        f"`modeldeploy cluster down --name {self.name}`, then up again with --real-node"
+                    )
                 log.info("cluster %s is already up", self.name)
                 return existing.kubeconfig
             log.info("cluster %s has stale state (a component is gone): cleaning it up first", self.name)
             self.down()
-        bins = bin_dir or find_binaries()
+        bins = bin_dir or find_binaries(real_node=self.real_node)
+        node = realnode.RealNode(self.directory, bins) if self.real_node else None
+        if node is not None:
+            try:
+                node.check_host()  # before anything starts: say what is missing and start nothing
+            except realnode.RealNodeUnavailable as err:
+                raise ClusterError(str(err)) from None
         self.directory.mkdir(parents=True, exist_ok=True)
         for sub in ("logs", "pki", "certs"):
             (self.directory / sub).mkdir(exist_ok=True)
         names = ["etcd-client", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok"]
+        if node is not None:
+            names += ["kubelet", "kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics"]
         state = ClusterState(
             name=self.name,
             directory=self.directory,
@@ -196,13 +231,15 @@ class LocalCluster:
             )
             self._wait_healthy(state, "kube-scheduler", f"https://127.0.0.1:{state.ports['scheduler']}/healthz", 30)
             self._wait_nodes_ready(state)
+            if node is not None:
+                self._start_real_node(state, node)
         except BaseException:
             self.down()
             raise
         log.info("cluster %s is up in %.1f s", self.name, time.monotonic() - started)
         return state.kubeconfig
 
-    def _start(self, state: ClusterState, component: str, args: list[str]) -> None:
+    def _start(self, state: ClusterState, component: str, args: list[str], command: list[str] | None = None) -> None:
         binary = Path(state.bin_dir) / component
         port_keys = {
             "etcd": ["etcd-client", "etcd-peer"],
@@ -210,14 +247,16 @@ class LocalCluster:
             "kube-controller-manager": ["controller-manager"],
             "kube-scheduler": ["scheduler"],
             "kwok": ["kwok"],
-        }[component]
+            "kubelet": ["kubelet", "kubelet-healthz"],
+            "kube-proxy": ["kube-proxy-healthz", "kube-proxy-metrics"],
+        }.get(component, [])
         for key in port_keys:
             if port_is_taken(state.ports[key]):
                 raise ClusterError(f"port {state.ports[key]} on 127.0.0.1 ({component}) is taken by another process")
         log_path = self.directory / "logs" / f"{component}.log"
         with log_path.open("ab") as out:
             proc = subprocess.Popen(
-                [str(binary), *args],
+                [*(command or [str(binary)]), *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -226,7 +265,7 @@ class LocalCluster:
             )
         state.processes[component] = {
             "pid": proc.pid,
-            "start_time": process_start_time(proc.pid),
+            "start_time": recorded_start_time(proc.pid),
             "log": str(log_path),
         }
         state.save()
@@ -345,6 +384,20 @@ class LocalCluster:
             f"--cert-dir={self.directory / 'certs'}",
             "--profiling=false",
             "--v=1",
+            *self._apiserver_kubelet_args(),
+        ]
+
+    def _apiserver_kubelet_args(self) -> list[str]:
+        """How the apiserver reaches the real node's kubelet (logs, exec, port-forward): by its InternalIP, with
+        the admin identity, checking the kubelet's serving cert. Without a real node, nothing changes."""
+        if not self.real_node:
+            return []
+        pki = self.directory / "pki"
+        return [
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--kubelet-client-certificate={pki / 'admin.crt'}",
+            f"--kubelet-client-key={pki / 'admin.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
         ]
 
     def _component_kubeconfig_args(self, state: ClusterState) -> list[str]:
@@ -465,12 +518,82 @@ class LocalCluster:
                 raise ClusterError(f"fake nodes not Ready after 30 s; kwok's log:\n{self._log_tail('kwok')}")
             time.sleep(0.2)
 
+    def _start_real_node(self, state: ClusterState, node: realnode.RealNode) -> None:
+        """containerd, the images, the kubelet, kube-proxy and the volume provisioner; returns when the node is
+        Ready. What `down` must undo is recorded before anything on the host changes."""
+        started = time.monotonic()
+        state.real_node = node.record_host()
+        state.save()
+        node.write_files(state.ports["apiserver"], state.ports)
+        node.prepare_host()
+        self.kubectl(
+            "apply", "-f", "-", input_text="\n---\n".join(json.dumps(m) for m in node.rbac_manifests()),
+            bin_dir=state.bin_dir,
+        )  # fmt: skip
+        self._start(state, "containerd", node.containerd_args(), command=[shutil.which("containerd") or "containerd"])
+        deadline = time.monotonic() + 30
+        while not node.containerd_socket.exists() or _ctr_fails(node):
+            self._check_alive(state, "containerd")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"containerd did not answer within 30 s:\n{self._log_tail('containerd')}")
+            time.sleep(0.1)
+        node.import_pause()
+        images_started = time.monotonic()
+        imported = node.import_from_docker(realnode.PROJECT_IMAGES)
+        log.info(
+            "real node: imported %s from Docker in %.1f s",
+            ", ".join(imported) or "no project images (build them: make images)",
+            time.monotonic() - images_started,
+        )
+        self._start(state, "kubelet", node.kubelet_args())
+        self._start(state, "kube-proxy", node.kube_proxy_args(state.ports))
+        self._start(
+            state,
+            "provisioner",
+            [
+                f"--server=https://127.0.0.1:{state.ports['apiserver']}",
+                f"--pki={self.directory / 'pki'}",
+                f"--root={node.root / 'volumes'}",
+            ],
+            command=[sys.executable, "-m", "modeldeploy.cluster.provisioner"],
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            for component in realnode.NODE_COMPONENTS:
+                self._check_alive(state, component)
+            ready = self.kubectl(
+                "get", "nodes", realnode.NODE_NAME, "--ignore-not-found",
+                "-o", 'jsonpath={.status.conditions[?(@.type=="Ready")].status}',
+                bin_dir=state.bin_dir,
+            )  # fmt: skip
+            if ready.strip() == "True":
+                break
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"the real node is not Ready after 90 s; the kubelet's log:\n{self._log_tail('kubelet')}"
+                )
+            time.sleep(0.5)
+        log.info("real node %s is Ready in %.1f s", realnode.NODE_NAME, time.monotonic() - started)
+
+    def load_images(self, images: list[str]) -> list[str]:
+        """Import images from the local Docker engine into the real node's containerd (after `make images`)."""
+        state = ClusterState.load(self.directory)
+        if state is None or not state.real_node:
+            raise ClusterError(f"cluster {self.name} has no real node: `modeldeploy cluster up --real-node` first")
+        node = realnode.RealNode(self.directory, Path(state.bin_dir))
+        imported = node.import_from_docker(images)
+        missing = sorted(set(images) - set(imported))
+        if missing:
+            raise ClusterError(f"not in Docker: {', '.join(missing)} (build them: make images)")
+        return imported
+
     # ---- down / status --------------------------------------------------------------------------------------
 
     def _all_running(self, state: ClusterState) -> bool:
+        expected = {*COMPONENTS, *(realnode.NODE_COMPONENTS if state.real_node else ())}
         return all(
             c in state.processes and process_start_time(state.processes[c]["pid"]) == state.processes[c]["start_time"]
-            for c in COMPONENTS
+            for c in expected
         )
 
     def down(self) -> list[str]:
@@ -502,6 +625,16 @@ class LocalCluster:
             busy = [p for p in state.ports.values() if port_is_taken(p)]
             if busy:
                 log.warning("ports still answering after stop: %s", busy)
+            if state.real_node:
+                node = realnode.RealNode(self.directory, Path(state.bin_dir))
+                for what in node.sweep(state.real_node):
+                    log.info("real node: %s", what)
+                left = realnode.mounts_under(self.directory)
+                if left:  # removing the tree now would reach into whatever is still mounted in it
+                    raise ClusterError(
+                        f"mounts remain under {self.directory} ({', '.join(left[:5])}): unmount them "
+                        f"(umount -l), then run `modeldeploy cluster down --name {self.name}` again"
+                    )
         if self.directory.exists():
             shutil.rmtree(self.directory, ignore_errors=True)
         return stopped
@@ -525,6 +658,14 @@ class LocalCluster:
             "ports": state.ports,
             "components": components,
         }
+
+
+def _ctr_fails(node: realnode.RealNode) -> bool:
+    try:
+        node.ctr("version")
+    except RuntimeError:
+        return True
+    return False
 
 
 def _reap() -> None:

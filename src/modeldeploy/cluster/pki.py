@@ -85,3 +85,28 @@ def make_pki(directory: Path, service_ip: str) -> None:
         )
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=directory)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=directory)
+
+
+def _sign(directory: Path, name: str, subject: str, extensions: str, days: str = "3650") -> None:
+    """A key and a certificate `name`.{key,crt} for `subject`, signed by the CA in `directory`."""
+    (directory / f"{name}.ext").write_text(extensions, encoding="utf-8")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject,
+             cwd=directory)  # fmt: skip
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{name}.crt", "-days", days, "-extfile", f"{name}.ext", cwd=directory)  # fmt: skip
+
+
+def make_node_pki(directory: Path, node_name: str, node_ip: str) -> None:
+    """The real node's identities: the kubelet's client cert (group system:nodes), its serving cert for the node's
+    address (the apiserver checks it for logs, exec and port-forward), and kube-proxy's client cert."""
+    if (directory / "kube-proxy.crt").exists():
+        return
+    client = "extendedKeyUsage=clientAuth\n"
+    _sign(directory, "kubelet-client", f"/O=system:nodes/CN=system:node:{node_name}", client)
+    _sign(
+        directory,
+        "kubelet-serving",
+        f"/CN={node_name}",
+        f"subjectAltName=IP:{node_ip},IP:127.0.0.1,DNS:{node_name}\nextendedKeyUsage=serverAuth\n",
+    )
+    _sign(directory, "kube-proxy", "/CN=system:kube-proxy", client)
