@@ -36,6 +36,9 @@ lint: venv ## ruff and mypy strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+demo: venv cluster-binaries ## the main job: a local control plane, the CRD, the operator, a sample to Ready, then its real training, serving and a prediction
+	@$(BIN)/python -m modeldeploy.tools.demo
+
 test: venv cluster-binaries ## everything: lint, unit tests, and the integration tests on a local control plane
 	$(BIN)/ruff check .
 	$(BIN)/mypy
