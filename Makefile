@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CLUSTER ?= modeldeploy
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv test test-unit lint cluster-binaries cluster-up cluster-down cluster-status demo clean
+.PHONY: help venv test test-unit lint cluster-binaries cluster-up cluster-down cluster-status demo docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ lint: venv ## ruff and mypy strict
 demo: venv cluster-binaries ## the main job: a local control plane, the CRD, the operator, a sample to Ready, then its real training, serving and a prediction
 	@$(BIN)/python -m modeldeploy.tools.demo
 
+docs: venv ## regenerate docs/api-reference.md from the CRD's schema
+	$(BIN)/python -m modeldeploy.tools.apidoc --output docs/api-reference.md
+
 test: venv cluster-binaries ## everything: lint, unit tests, and the integration tests on a local control plane
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -52,6 +55,46 @@ test-unit: venv ## only the tests that need no cluster
 
 # The operator's targets (install, uninstall, run, deploy) live beside its code.
 -include operator/operator.mk
+
+# kind: the operator, the training Job and the inference pods for real, on Docker. Needs docker and kind on PATH.
+KIND ?= kind
+KIND_CLUSTER ?= modeldeploy
+KIND_KUBECTL = kubectl --context kind-$(KIND_CLUSTER)
+KIND_PORT ?= 18080
+KIND_IMAGES = operator training serving
+
+.PHONY: kind-up kind-load kind-deploy kind-sample kind-predict kind-demo kind-down
+
+kind-up: ## create the kind cluster KIND_CLUSTER from kind-config.yaml (kept if it exists)
+	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || $(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --wait 120s
+
+kind-load: images ## build the three images and copy them into the kind nodes (no registry involved)
+	@for image in $(KIND_IMAGES); do $(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/$$image:$(IMAGE_TAG) || exit 1; done
+
+kind-deploy: ## apply the CRD, then the operator (manifests/overlays/kind), and wait until it runs
+	$(KIND_KUBECTL) apply --server-side -f crds/
+	$(KIND_KUBECTL) wait --for condition=Established --timeout=60s -f crds/
+	$(KIND_KUBECTL) apply --server-side -k manifests/overlays/kind
+	$(KIND_KUBECTL) -n modeldeploy-system rollout status deployment/modeldeploy-operator --timeout=180s
+
+kind-sample: ## apply samples/digits-cnn.yaml and wait until it is trained and served (Ready)
+	$(KIND_KUBECTL) apply -f samples/digits-cnn.yaml
+	$(KIND_KUBECTL) wait --for=condition=Ready md/digits --timeout=15m
+	$(KIND_KUBECTL) get md digits -o wide
+
+kind-predict: venv ## port-forward to the digits Service and send one digit through modeldeploy predict
+	@set -euo pipefail; \
+	$(BIN)/python -c 'import numpy as np, sklearn.datasets as d; np.save("/tmp/modeldeploy-digit.npy", (d.load_digits().images[0] / 16.0).astype("float32")[..., None])'; \
+	$(KIND_KUBECTL) port-forward svc/digits $(KIND_PORT):8080 >/tmp/modeldeploy-port-forward.log 2>&1 & pf=$$!; \
+	trap 'kill $$pf 2>/dev/null' EXIT; \
+	for _ in $$(seq 100); do curl -sf http://127.0.0.1:$(KIND_PORT)/v2/health/ready >/dev/null && break; sleep 0.2; done; \
+	echo "the digit 0 of scikit-learn's digits:"; \
+	$(BIN)/modeldeploy predict --url http://127.0.0.1:$(KIND_PORT) --model digits --top 3 /tmp/modeldeploy-digit.npy
+
+kind-demo: kind-up kind-load kind-deploy kind-sample kind-predict ## all of the above: cluster, images, operator, sample to Ready, a prediction
+
+kind-down: ## delete the kind cluster KIND_CLUSTER
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
 clean: ## remove the virtual environment (the binary cache stays, outside the tree)
 	rm -rf $(VENV)
