@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import logging
 import os
 import threading
@@ -38,6 +39,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import faulthandler  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
     import kopf  # noqa: PLC0415 (heavy, and only needed when the operator runs)
 
     from modeldeploy_operator import handlers  # noqa: PLC0415,F401 (registers the handlers with kopf)
@@ -49,18 +53,23 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
         logging.getLogger("kopf.activities.startup").setLevel(logging.INFO)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack: a hang shows itself
     namespaces: list[str] = list(args.namespace)
     lost = threading.Event()
-    stop_flag = threading.Event()
+    # kopf waits for this flag on an executor thread; the cleanup handler resolves it on every stop (also after
+    # SIGINT/SIGTERM), else that thread would block the interpreter's exit.
+    stop_flag: concurrent.futures.Future[None] = concurrent.futures.Future()
 
     def on_lost() -> None:
         lost.set()
-        stop_flag.set()
+        if not stop_flag.done():
+            stop_flag.set_result(None)
 
     memo = kopf.Memo(
         lease_namespace=args.lease_namespace or (namespaces[0] if namespaces else "default"),
         leader_election=not args.no_leader_election,
         on_lost=on_lost,
+        stop_flag=stop_flag,
     )
     kopf.run(
         standalone=True,  # kopf's peering pauses every operator of equal priority; the Lease elects one instead

@@ -159,4 +159,7 @@ async def stop(memo: Any, logger: kopf.Logger, **_: Any) -> None:
     elector: LeaderElector | None = memo.get("elector")
     if elector is not None:
         await asyncio.to_thread(elector.release)
+    flag = memo.get("stop_flag")
+    if flag is not None and not flag.done():
+        flag.set_result(None)
     logger.info("stopped")
