@@ -18,8 +18,14 @@ base-image: docker-up ## make python:3.11-slim available: local, pulled, or buil
 images: base-image ## build the training, serving and operator images (a missing Dockerfile is skipped)
 	@images/build.sh training serving operator
 
-image-training image-serving image-operator: image-%: base-image ## build one image
-	@images/build.sh $*
+image-training: base-image ## build only the training image
+	@images/build.sh training
+
+image-serving: base-image ## build only the serving image
+	@images/build.sh serving
+
+image-operator: base-image ## build only the operator image
+	@images/build.sh operator
 
 images-bench: images venv ## image sizes and the serving image's start-to-ready time
 	@$(BIN)/python bench/images.py
