@@ -1,0 +1,235 @@
+"""The digits sample for real on the local cluster's real node: TensorFlow trains in the training image, the
+artifact lands on a host-path volume, onnxruntime pods serve it, and predictions come back through 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rn_support import Models, PortForward, RealCluster
+
+from modeldeploy.cluster import realnode
+from modeldeploy.cluster.waiting import wait_until
+
+pytestmark = [pytest.mark.realnode, pytest.mark.slow]
+
+DIGITS = {
+    "training": {"recipe": "cnn", "dataset": {"builtin": "digits"}, "epochs": 5, "batchSize": 32, "seed": 42},
+    "compression": {"quantization": "dynamic", "maxAccuracyDrop": 0.01},
+    "serving": {"replicas": 2},
+    "storage": {"size": "1Gi"},
+}
+READY_TIMEOUT = 300
+
+
+def held_out_digits(n: int = 60) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Digits the model never trained on: the trainer's own seeded split (seed 42, 20% held out)."""
+    from modeldeploy_training import data  # noqa: PLC0415 (TensorFlow-free, but only these tests need it)
+
+    parts = data.split(data.load_digits(), 0.2, 42)
+    return parts.x_test[:n], parts.y_test[:n]
+
+
+def predict(url: str, model: str, x: np.ndarray[Any, Any], timeout: float = 10) -> tuple[list[int], str]:
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    request = urllib.request.Request(
+        f"{url}/v2/models/{model}/infer", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        out = json.load(response)
+    probabilities = np.asarray(out["outputs"][0]["data"]).reshape(out["outputs"][0]["shape"])
+    return [int(c) for c in probabilities.argmax(axis=1)], str(out.get("model_version"))
+
+
+def serving_pods(models: Models, name: str) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in models.items("pods", f"app.kubernetes.io/instance={name}")
+        if p["metadata"]["name"].startswith(f"{name}-") and "-train-" not in p["metadata"]["name"]
+        and not p["metadata"].get("deletionTimestamp")
+    ]  # fmt: skip
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+def nodeport_service(models: Models, name: str) -> str:
+    """A NodePort Service beside the operator's, same pods: kube-proxy answers it on 127.0.0.1 only."""
+    selector = models.get("service", name)["spec"]["selector"]
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": f"{name}-nodeport"},
+        "spec": {"type": "NodePort", "selector": selector, "ports": [{"port": 8080, "targetPort": 8080}]},
+    }
+    models.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    port = models.get("service", f"{name}-nodeport")["spec"]["ports"][0]["nodePort"]
+    url = f"http://127.0.0.1:{port}"
+    x, _ = held_out_digits(1)
+    wait_until(lambda: _answers(url, name, x), timeout=60, what=f"the NodePort {url} to answer")
+    return url
+
+
+def _answers(url: str, name: str, x: np.ndarray[Any, Any]) -> bool:
+    try:
+        predict(url, name, x, timeout=2)
+    except (urllib.error.URLError, OSError):
+        return False
+    return True
+
+
+class Load:
+    """Requests in a loop until stopped; counts failures and the model versions seen."""
+
+    def __init__(self, url: str, model: str) -> None:
+        self.url, self.model = url, model
+        self.x, _ = held_out_digits(4)
+        self.ok = 0
+        self.failures: list[str] = []
+        self.versions: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                _, version = predict(self.url, self.model, self.x, timeout=5)
+                self.ok += 1
+                if not self.versions or self.versions[-1] != version:
+                    self.versions.append(version)
+            except (urllib.error.URLError, OSError) as err:
+                self.failures.append(f"{time.strftime('%X')} {err}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_digits_trains_serves_and_predicts_held_out_digits(
+    models: Models, port_forward: Callable[[str, str, int], PortForward]
+) -> None:
+    started = time.monotonic()
+    models.apply("digits", DIGITS)
+    status = models.wait_phase("digits", "Ready", READY_TIMEOUT)
+    elapsed = time.monotonic() - started
+    print(f"\ndigits: kubectl apply to Ready on the real node in {elapsed:.1f} s (training included)")
+
+    # The accuracy in the status is the trainer's own, from its pod's termination message.
+    job_pod = next(p for p in models.items("pods") if "-train-" in p["metadata"]["name"])
+    report = json.loads(job_pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
+    assert report["ok"] is True
+    assert status["versions"][0]["accuracy"] == pytest.approx(report["accuracy"])
+    assert report["accuracy"] > 0.9
+
+    pods = serving_pods(models, "digits")
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["spec"]["nodeName"] == realnode.NODE_NAME
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        container = pod["spec"]["containers"][0]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert any(m["mountPath"] == "/models" and m.get("readOnly") for m in container["volumeMounts"])
+
+    x, y = held_out_digits()
+    forward = port_forward(models.namespace, "service/digits", 8080)
+    predicted, version = predict(forward.url, "digits", x)
+    assert version == status["modelVersion"]
+    correct = sum(int(p == t) for p, t in zip(predicted, y, strict=True))
+    assert correct / len(y) >= 0.9, f"{correct}/{len(y)} held-out digits right: {predicted} vs {y.tolist()}"
+
+
+def test_scale_to_three_real_pods_and_a_deleted_one_is_replaced_while_serving(
+    models: Models, real_cluster: RealCluster
+) -> None:
+    models.apply("digits", DIGITS)
+    models.wait_phase("digits", "Ready", READY_TIMEOUT)
+    models.kubectl("scale", "modeldeployment/digits", "--replicas=3")
+    wait_until(
+        lambda: len([p for p in serving_pods(models, "digits") if ready(p)]) == 3,
+        timeout=120,
+        what="three Ready serving pods",
+    )
+    assert {p["spec"]["nodeName"] for p in serving_pods(models, "digits")} == {realnode.NODE_NAME}
+    models.wait_phase("digits", "Ready", 60)
+
+    url = nodeport_service(models, "digits")
+    load = Load(url, "digits")
+    try:
+        victim = serving_pods(models, "digits")[0]["metadata"]["name"]
+        models.kubectl("delete", "pod", victim, "--wait=false")
+        wait_until(
+            lambda: (
+                len([p for p in serving_pods(models, "digits") if ready(p) and p["metadata"]["name"] != victim]) == 3
+            ),
+            timeout=120,
+            what=f"a replacement for {victim}",
+        )
+        ok_before = load.ok
+        wait_until(lambda: load.ok > ok_before + 20, timeout=30, what="requests to keep succeeding")
+    finally:
+        load.stop()
+    assert load.ok > 0
+    assert not load.failures, f"{len(load.failures)} failed requests while a pod was replaced: {load.failures[:5]}"
+
+
+def test_retrain_rolls_to_the_new_version_with_zero_failed_requests(models: Models) -> None:
+    models.apply("digits", DIGITS)
+    first = models.wait_phase("digits", "Ready", READY_TIMEOUT)["modelVersion"]
+    url = nodeport_service(models, "digits")
+    load = Load(url, "digits")
+    try:
+        retrained = json.loads(json.dumps(DIGITS))
+        retrained["training"]["epochs"] = 6
+        models.apply("digits", retrained)
+        second = wait_until(
+            lambda: (s := models.status("digits")).get("phase") == "Ready" and s.get("modelVersion") != first
+            and models.get("modeldeployment", "digits")["metadata"]["generation"] == s.get("observedGeneration")
+            and s["modelVersion"],
+            timeout=READY_TIMEOUT,
+            what="the retrained version to be Ready",
+            interval=1,
+        )  # fmt: skip
+        wait_until(lambda: load.versions[-1] == second, timeout=30, what=f"responses from {second}")
+    finally:
+        load.stop()
+    assert not load.failures, f"{len(load.failures)} failed of {load.ok + len(load.failures)}: {load.failures[:5]}"
+    assert load.versions[0] == first
+    assert load.versions[-1] == second
+
+
+def test_training_on_bad_data_fails_with_the_trainers_message(models: Models, real_cluster: RealCluster) -> None:
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "dataset"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": realnode.STORAGE_CLASS,
+            "resources": {"requests": {"storage": "10Mi"}},
+        },
+    }
+    models.kubectl("apply", "-f", "-", input=json.dumps(claim))
+    volume = wait_until(
+        lambda: models.get("pvc", "dataset")["spec"].get("volumeName"), timeout=30, what="the dataset claim bound"
+    )
+    directory = Path(real_cluster.kubectl("get", "pv", volume, "-o", "jsonpath={.spec.local.path}").stdout)
+    (directory / "train.csv").write_text("a,b,c\n1,2,3\n4,5,6\n", encoding="utf-8")
+
+    spec = json.loads(json.dumps(DIGITS))
+    spec["training"] = {"recipe": "mlp", "dataset": {"claimName": "dataset", "path": "train.csv"}, "epochs": 1}
+    models.apply("bad", spec)
+    status = models.wait_phase("bad", "Failed", 180)
+    trained = next(c for c in status["conditions"] if c["type"] == "Trained")
+    assert trained["reason"] == "InvalidData"
+    assert "column 'label' not found" in trained["message"]
