@@ -19,11 +19,11 @@ $(BIN)/modeldeploy: pyproject.toml
 
 venv: $(BIN)/modeldeploy ## create .venv with the modeldeploy CLI and every extra
 
-cluster-binaries: ## build (once, cached) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok
-	@bash src/modeldeploy/cluster/build-binaries.sh >/dev/null
+cluster-binaries: ## build (once, cached) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok (REAL_NODE=1: kubelet, kube-proxy too)
+	@bash src/modeldeploy/cluster/build-binaries.sh $(if $(REAL_NODE),--real-node) >/dev/null
 
-cluster-up: venv cluster-binaries ## start the local control plane CLUSTER; the last line printed is its kubeconfig
-	@$(BIN)/modeldeploy cluster up --name $(CLUSTER)
+cluster-up: venv cluster-binaries ## start the local control plane CLUSTER (REAL_NODE=1: plus a real node, docs/real-node.md); the last line printed is its kubeconfig
+	@$(BIN)/modeldeploy cluster up --name $(CLUSTER) $(if $(REAL_NODE),--real-node)
 
 cluster-down: venv ## stop the local control plane CLUSTER and remove its state
 	@$(BIN)/modeldeploy cluster down --name $(CLUSTER)
