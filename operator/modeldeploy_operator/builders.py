@@ -197,7 +197,7 @@ def build_training_job(md: dict[str, Any], settings: Settings) -> dict[str, Any]
                         "action": "FailJob",
                         "onExitCodes": {"containerName": naming.TRAIN_CONTAINER, "operator": "In", "values": [1]},
                     },
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 ]
             },
             "template": {
