@@ -20,7 +20,14 @@ import pytest
 from rn_support import Models, Operator, PortForward, RealCluster
 
 from modeldeploy.cluster import realnode
-from modeldeploy.cluster.local import ClusterError, ClusterState, LocalCluster, default_state_root, find_binaries
+from modeldeploy.cluster.local import (
+    ClusterError,
+    ClusterState,
+    LocalCluster,
+    clean_orphans,
+    default_state_root,
+    find_binaries,
+)
 from modeldeploy.cluster.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +68,7 @@ def real_cluster() -> Iterator[RealCluster]:
         reason = _why_not(bin_dir)
         if reason:
             pytest.skip(f"the real node cannot start: {reason}")
+        clean_orphans("rn-")  # a killed earlier run's node would hold the bridge
         local = LocalCluster(f"rn-{os.getpid()}", real_node=True)
     try:
         if not reuse:
