@@ -18,6 +18,10 @@ KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
 
 
+class InstallationError(RuntimeError):
+    """The package was installed without a file it ships; nothing the user's spec can fix."""
+
+
 class SpecError(ValueError):
     """A manifest or spec that cannot be used; the message names the field and what to do."""
 
@@ -25,7 +29,14 @@ class SpecError(ValueError):
 @functools.cache
 def crd() -> dict[str, Any]:
     """The ModelDeployment CRD as shipped in crds/ (the single source of the schema and its defaults)."""
-    text = resources.files("modeldeploy").joinpath("data/crd.yaml").read_text(encoding="utf-8")
+    try:
+        text = resources.files("modeldeploy").joinpath("data/crd.yaml").read_text(encoding="utf-8")
+    except OSError as err:
+        # data/crd.yaml links to crds/ in the source tree; an install from a tree without crds/ lacks it.
+        raise InstallationError(
+            f"the ModelDeployment CRD is missing from the installed modeldeploy package ({err.strerror}); "
+            "install it from a source tree that includes crds/"
+        ) from err
     loaded: dict[str, Any] = yaml.safe_load(text)
     return loaded
 

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from modeldeploy import contracts, spec
-from modeldeploy_training.errors import InvalidSpec, TrainingFailure, storage_failure
+from modeldeploy_training.errors import InvalidSpec, TrainingFailure, is_storage_full, storage_failure
 from modeldeploy_training.job import Options, failure_report, run_job
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,16 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
         log.error("%s: %s", failure.reason, failure.message)
         return failure_report(failure)
     except OSError as err:
-        full = storage_failure(err, err.filename or "the artifact")
-        log.error("%s: %s", full.reason, full.message, exc_info=True)
-        return failure_report(full)
+        # Writes of the artifact map their own errors; what reaches here may be a read as well, so only a full
+        # volume is blamed on the volume.
+        where = str(err.filename or "a file")
+        io_failure = (
+            storage_failure(err, where)
+            if is_storage_full(err)
+            else TrainingFailure(f"I/O error on {where}: {err.strerror or err}; see the log")
+        )
+        log.error("%s: %s", io_failure.reason, io_failure.message, exc_info=True)
+        return failure_report(io_failure)
     except Exception as err:
         log.exception("unexpected failure")
         return failure_report(TrainingFailure(f"{type(err).__name__}: {err}; see the log, and report it as a bug"))
