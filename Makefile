@@ -48,7 +48,7 @@ test: venv cluster-binaries ## everything: lint, unit tests, and the integration
 	$(BIN)/pytest
 
 test-unit: venv ## only the tests that need no cluster
-	$(BIN)/pytest -m 'not cluster'
+	$(BIN)/pytest -m 'not cluster and not docker and not realnode'
 
 # Container images (dockerd, the local base image, the three images) and their targets.
 -include images/images.mk
