@@ -153,11 +153,8 @@ def main() -> int:
     if args.kubeconfig:
         kubeconfig = Path(args.kubeconfig)
     else:
-        from modeldeploy.cluster import local  # noqa: PLC0415
         from modeldeploy.cluster.local import LocalCluster, find_binaries  # noqa: PLC0415
 
-        # One Service per model: the harness's /24 Service range holds ~250, too few for N=500.
-        local.SERVICE_CIDR = "10.0.0.0/16"
         bin_dir = find_binaries()
         os.environ["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
         cluster = LocalCluster(f"bench-{os.getpid()}")

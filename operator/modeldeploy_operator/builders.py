@@ -26,6 +26,10 @@ DEFAULT_TRAINING_RESOURCES: Final[dict[str, Any]] = {
     "limits": {"memory": "4Gi"},
 }
 SHUTDOWN_GRACE_SECONDS: Final = 20
+# A pod being deleted still gets traffic until kube-proxy and the endpoints controller have seen it go; the server
+# stops accepting at SIGTERM, so the kubelet holds SIGTERM back for this long (the native sleep action: no binary
+# needed in the image).
+PRESTOP_SLEEP_SECONDS: Final = 5
 
 
 def config_hash(manifest: dict[str, Any]) -> str:
@@ -225,6 +229,23 @@ def build_cleanup_job(md: dict[str, Any], versions: list[dict[str, Any]], settin
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
         "securityContext": restricted_container_security(),
     }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": restricted_pod_security(settings),
+        "containers": [container],
+        "volumes": [
+            {
+                "name": MODELS_VOLUME,
+                "persistentVolumeClaim": {"claimName": naming.claim_name(model, md["spec"])},
+            }
+        ],
+    }
+    # The artifacts live where the training Job wrote them (a node-local volume, say): run there too.
+    placement = md["spec"].get("training") or md["spec"].get("serving") or {}
+    if placement.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(placement["nodeSelector"])
+    if placement.get("tolerations"):
+        pod_spec["tolerations"] = copy.deepcopy(placement["tolerations"])
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -234,17 +255,7 @@ def build_cleanup_job(md: dict[str, Any], versions: list[dict[str, Any]], settin
             "ttlSecondsAfterFinished": 600,
             "template": {
                 "metadata": {"labels": naming.base_labels(model, naming.COMPONENT_CLEANUP)},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "securityContext": restricted_pod_security(settings),
-                    "containers": [container],
-                    "volumes": [
-                        {
-                            "name": MODELS_VOLUME,
-                            "persistentVolumeClaim": {"claimName": naming.claim_name(model, md["spec"])},
-                        }
-                    ],
-                },
+                "spec": pod_spec,
             },
         },
     }
@@ -305,6 +316,7 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
             "periodSeconds": 2,
             "failureThreshold": 60,
         },
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "resources": copy.deepcopy(serving.get("resources") or DEFAULT_SERVING_RESOURCES),
         "securityContext": restricted_container_security(),
         "volumeMounts": [
@@ -314,7 +326,7 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
     }
     pod_spec: dict[str, Any] = {
         "securityContext": restricted_pod_security(settings),
-        "terminationGracePeriodSeconds": SHUTDOWN_GRACE_SECONDS + 10,
+        "terminationGracePeriodSeconds": PRESTOP_SLEEP_SECONDS + SHUTDOWN_GRACE_SECONDS + 10,
         "automountServiceAccountToken": False,
         "containers": [container],
         "volumes": [

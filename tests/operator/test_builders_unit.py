@@ -114,3 +114,25 @@ def test_existing_claim_means_no_new_claim() -> None:
     ]
     claim = builders.build_claim(make_md())
     assert claim is not None and claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+
+
+def test_serving_pods_keep_answering_until_endpoints_drop_them() -> None:
+    deployment = builders.build_deployment(make_md(), {"version": "v1", "path": "digits/v1"}, SETTINGS)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    sleep = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert sleep >= 3
+    # The grace period covers the pre-stop wait and the server's own drain.
+    assert pod["terminationGracePeriodSeconds"] > sleep + int(_env(container)["MODELDEPLOY_SHUTDOWN_GRACE_SECONDS"])
+
+
+def test_cleanup_job_runs_where_training_ran() -> None:
+    spec = json.loads(json.dumps(make_md()["spec"]))
+    spec["training"]["nodeSelector"] = {"modeldeploy.dev/node": "real"}
+    spec["training"]["tolerations"] = [{"key": "modeldeploy.dev/real-node", "operator": "Exists"}]
+    md = make_md(spec)
+    job = builders.build_cleanup_job(md, [{"version": "v0", "path": "digits/v0"}], SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"modeldeploy.dev/node": "real"}
+    assert pod["tolerations"] == [{"key": "modeldeploy.dev/real-node", "operator": "Exists"}]
+    assert pod["containers"][0]["command"][-1] == "/models/digits/v0"

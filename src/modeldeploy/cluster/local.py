@@ -30,7 +30,7 @@ from modeldeploy.cluster.pki import make_pki
 
 log = logging.getLogger(__name__)
 
-SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_CIDR = "10.0.0.0/16"  # room for thousands of Services (the scale benchmark makes 500+)
 SERVICE_IP = "10.0.0.1"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
