@@ -8,19 +8,15 @@ they are kept on purpose (the user's volume, and a re-created ModelDeployment re
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import uuid
 from typing import Any
 
 import kopf
 
 from modeldeploy.spec import GROUP, PLURAL, VERSION
 from modeldeploy_operator import naming, observed
-from modeldeploy_operator.leader import LeaderElector
 from modeldeploy_operator.runtime import Key, Runtime
 from modeldeploy_operator.settings import settings_from_env
-from modeldeploy_operator.storage import StorageError, connect
+from modeldeploy_operator.storage import connect
 
 OURS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 
@@ -107,33 +103,18 @@ async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, *
         memo.runtime.queue.add(parent)
 
 
-# -- startup and cleanup --
+# -- startup and cleanup (the process has won the Lease before kopf starts: see process.py) --
 @kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
+async def start(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> None:
     if "runtime" in memo:
         return
-    config = settings_from_env()
+    config = memo.get("config") or settings_from_env()
     settings.posting.level = 40  # kopf's own events for ERROR only; the operator posts its transitions itself
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.batch_window = 0.05
     kube = memo.get("kube") or connect(config.field_manager, max(config.api_qps_burst, config.workers + 2))
     memo.kube = kube
-    elector: LeaderElector | None = memo.get("elector")
-    if elector is None and memo.get("leader_election", True):
-        identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        elector = LeaderElector(kube, memo.lease_namespace, config.lease_name, identity, config.lease_duration_seconds)
-        memo.elector = elector
-    if elector is not None:
-        try:
-            acquired = await asyncio.to_thread(elector.try_acquire)
-        except StorageError as err:
-            raise kopf.TemporaryError(f"cannot reach the Lease: {err}", delay=2) from err
-        if not acquired:
-            # kopf starts no watch until startup succeeds: the standby waits here, acting on nothing.
-            raise kopf.TemporaryError(f"standby: Lease {config.lease_name} is held by another operator", delay=2)
-        logger.info("leading as %s (Lease %s/%s)", elector.identity, elector.namespace, elector.name)
-        elector.keep_renewing(memo.on_lost)
     indices = {
         name: kwargs[name]
         for name in (
@@ -156,9 +137,6 @@ async def stop(memo: Any, logger: kopf.Logger, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await asyncio.to_thread(runtime.stop)
-    elector: LeaderElector | None = memo.get("elector")
-    if elector is not None:
-        await asyncio.to_thread(elector.release)
     flag = memo.get("stop_flag")
     if flag is not None and not flag.done():
         flag.set_result(None)

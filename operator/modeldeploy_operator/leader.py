@@ -1,14 +1,17 @@
 """Leader election through a coordination.k8s.io Lease, so that of two operator processes only one ever acts.
 
-The standby blocks in kopf's startup (kopf starts no watch before startup succeeds); the leader renews the Lease
-and stops its process as soon as it cannot prove it still holds it.
+The standby waits for the Lease before kopf starts (no watch, no handler runs until then); the leader renews the
+Lease and stops its process as soon as it cannot prove it still holds it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +59,10 @@ class LeaderElector:
         self.duration = duration
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.last_contact: float | None = None
+        """time.monotonic() of the last Lease exchange the API server answered (readiness reads it)."""
+        self.seen_holder = ""
+        """The holder the last read of the Lease showed ("" when free)."""
 
     def _desired(self, lease: dict[str, Any] | None, now: datetime.datetime) -> dict[str, Any]:
         spec = dict((lease or {}).get("spec") or {})
@@ -75,6 +82,8 @@ class LeaderElector:
             lease: dict[str, Any] | None = self.kube.get("Lease", self.namespace, self.name)
         except NotFoundError:
             lease = None
+        self.last_contact = time.monotonic()
+        self.seen_holder = str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
         if not is_free_for(lease, self.identity, now):
             return False
         try:
@@ -91,23 +100,49 @@ class LeaderElector:
         except NotFoundError:
             return ""
 
+    async def wait_for_leadership(self, stopping: asyncio.Event, interval: float = 2.0) -> bool:
+        """Try the Lease every `interval` seconds until it is ours (True) or `stopping` is set (False)."""
+        announced = False
+        while not stopping.is_set():
+            try:
+                if await asyncio.to_thread(self.try_acquire):
+                    return True
+            except StorageError as err:
+                logger.warning("cannot reach the Lease %s/%s: %s; retrying", self.namespace, self.name, err)
+            else:
+                if not announced:
+                    logger.info("standby: Lease %s/%s is held by %s", self.namespace, self.name, self.seen_holder)
+                    announced = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval)
+        return False
+
     def keep_renewing(self, on_lost: Callable[[], None]) -> None:
         """Renew every third of the duration in a thread; call on_lost when the Lease cannot be proven ours."""
 
         def loop() -> None:
-            last_ok = datetime.datetime.now(datetime.UTC)
+            last_ok = time.monotonic()
             while not self._stop.wait(self.duration / 3):
                 try:
                     ok = self.try_acquire()
                 except StorageError as err:
                     logger.warning("renewing the Lease %s/%s failed: %s", self.namespace, self.name, err)
                     ok = False
-                now = datetime.datetime.now(datetime.UTC)
+                # The renewer must never die silently: a leader that stops renewing but keeps acting would act
+                # beside the next leader. Anything unexpected counts as a failed renewal.
+                except Exception:
+                    logger.exception("renewing the Lease %s/%s crashed", self.namespace, self.name)
+                    ok = False
                 if ok:
-                    last_ok = now
-                elif not ok and (now - last_ok).total_seconds() > self.duration * 2 / 3:
-                    # Someone else may take over at `duration`: stop acting well before that.
-                    logger.error("lost the Lease %s/%s; stopping so that one operator acts", self.namespace, self.name)
+                    last_ok = time.monotonic()
+                    continue
+                taken = self.seen_holder not in ("", self.identity)
+                if taken or time.monotonic() - last_ok > self.duration * 2 / 3:
+                    # Taken by another process, or someone else may take over at `duration`: stop acting now.
+                    why = f"now held by {self.seen_holder}" if taken else "not renewed in time"
+                    logger.error(
+                        "lost the Lease %s/%s (%s); stopping so that one operator acts", self.namespace, self.name, why
+                    )
                     on_lost()
                     return
 

@@ -71,7 +71,8 @@ def test_the_deployment_runs_two_restricted_replicas_with_a_liveness_probe() -> 
     assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
     assert security["readOnlyRootFilesystem"] is True
     assert "--liveness" in container["args"] and "http://0.0.0.0:8080/healthz" in container["args"]
-    assert "127.0.0.1:8080/healthz" in container["livenessProbe"]["exec"]["command"][-1]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"

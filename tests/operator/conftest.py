@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,12 @@ def crd(kubectl: Any) -> None:
     kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class OperatorProcess:
     """`modeldeploy operator` as a subprocess watching one namespace; its log is kept for assertions."""
 
@@ -34,9 +43,11 @@ class OperatorProcess:
         self.namespace = namespace
         self.log_path = log
         self.proc: subprocess.Popen[bytes] | None = None
+        self.health_port = _free_port()
 
     def start(self) -> OperatorProcess:
         command = [sys.executable, "-m", "modeldeploy.cli", "operator", "--namespace", self.namespace]
+        command += ["--liveness", f"http://127.0.0.1:{self.health_port}/healthz"]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         return self
@@ -46,6 +57,16 @@ class OperatorProcess:
 
     def is_leading(self) -> bool:
         return "leading as" in self.log()
+
+    def probe(self, path: str) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body) of the operator's /healthz or /readyz; (0, {}) when nothing answers."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=5) as response:
+                return int(response.status), json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return int(err.code), json.loads(err.read())
+        except OSError:
+            return 0, {}
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         assert self.proc is not None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -214,21 +216,56 @@ def test_restart_during_training_and_when_ready_converges_without_duplicates(
     assert {c["type"]: c["lastTransitionTime"] for c in status["conditions"]} == before
 
 
-def test_two_operators_never_both_act(
+def test_two_operators_never_both_act_and_the_standby_answers_its_probes(
     start_operator: Callable[..., OperatorProcess], models: Models, kubectl: Any, namespace: str
 ) -> None:
     leader = start_operator("a")
     wait_until(leader.is_leading, timeout=30, what="a leading", describe=leader.log)
     standby = start_operator("b")
     wait_until(lambda: "standby" in standby.log(), timeout=30, what="b waiting as standby", describe=standby.log)
+    # The standby is alive and ready (it reaches the Lease) although kopf has not started in it.
+    assert standby.probe("/healthz") == (200, {"role": "standby"})
+    assert standby.probe("/readyz") == (200, {"role": "standby", "ready": True})
+    assert leader.probe("/healthz") == (200, {"role": "leader"})
     models.apply("digits", DIGITS)
     models.wait_phase("digits", "Ready")
     assert "digits" in leader.log()
     assert not standby.is_leading() and "digits" not in standby.log()
+    assert standby.probe("/healthz") == (200, {"role": "standby"})
     assert leader.stop(signal.SIGTERM) == 0
     wait_until(standby.is_leading, timeout=20, what="b taking over", describe=standby.log)
+    assert standby.probe("/healthz") == (200, {"role": "leader"})
     kubectl("scale", "md/digits", "--replicas=3", "-n", namespace)
     assert models.wait_phase("digits", "Ready", timeout=30)["readyReplicas"] == 3
+    assert "digits" in standby.log()
+
+
+def test_a_standby_stops_cleanly_without_ever_leading(start_operator: Callable[..., OperatorProcess]) -> None:
+    leader = start_operator("a")
+    wait_until(leader.is_leading, timeout=30, what="a leading", describe=leader.log)
+    standby = start_operator("b")
+    wait_until(lambda: "standby" in standby.log(), timeout=30, what="b waiting as standby", describe=standby.log)
+    assert standby.stop(signal.SIGTERM, timeout=10) == 0
+    assert leader.probe("/healthz") == (200, {"role": "leader"})
+
+
+def test_a_leader_whose_lease_is_taken_stops_acting(
+    operator: OperatorProcess, models: Models, kubectl: Any, namespace: str
+) -> None:
+    lease = json.loads(kubectl("get", "lease", "modeldeploy-operator", "-n", namespace, "-o", "json").stdout)
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    lease["spec"].update(holderIdentity="someone-else", renewTime=now, acquireTime=now, leaseDurationSeconds=300)
+    kubectl("replace", "-f", "-", input=json.dumps(lease))
+    assert operator.proc is not None
+    wait_until(lambda: operator.proc.poll() is not None, timeout=15, what="the leader to stop", describe=operator.log)
+    assert operator.proc.returncode == 1
+    assert "lost the Lease" in operator.log() and "someone-else" in operator.log()
+    # Nothing acts on a new ModelDeployment, and the intruder keeps its Lease (a lost leader does not release it).
+    models.apply("digits", DIGITS)
+    time.sleep(3)  # nothing to wait for: the point is that nothing happens
+    assert not _training_jobs(models, "digits") and not models.status("digits")
+    lease = json.loads(kubectl("get", "lease", "modeldeploy-operator", "-n", namespace, "-o", "json").stdout)
+    assert lease["spec"]["holderIdentity"] == "someone-else"
 
 
 def test_operator_writes_status_only_through_the_status_subresource(

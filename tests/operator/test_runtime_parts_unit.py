@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime
 import threading
+import time
 
 import pytest
 from modeldeploy_operator import observed
-from modeldeploy_operator.leader import is_free_for
+from modeldeploy_operator.leader import LeaderElector, is_free_for
 from modeldeploy_operator.settings import SettingsError, settings_from_env
 from modeldeploy_operator.workqueue import WorkQueue
 
@@ -111,3 +112,31 @@ def test_job_summary_outcomes() -> None:
     assert observed.summarize_job(done).generation == 3
     assert observed.summarize_job(failed).outcome == "Failed"
     assert observed.summarize_job({"metadata": {"name": "j"}}).outcome == "Active"
+
+
+class _LeaseHeldBy:
+    """A fake API holding one Lease whose holder a test sets."""
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, object]:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        spec = {"holderIdentity": self.holder, "renewTime": now, "leaseDurationSeconds": 60}
+        return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"}, "spec": spec}
+
+    def replace(self, manifest: dict[str, object]) -> dict[str, object]:
+        return manifest
+
+
+def test_a_leader_whose_lease_another_takes_stops_at_the_next_renewal() -> None:
+    kube = _LeaseHeldBy("me")
+    elector = LeaderElector(kube, "ns", "lease", "me", duration=3)  # type: ignore[arg-type]
+    assert elector.try_acquire()
+    lost = threading.Event()
+    elector.keep_renewing(lost.set)
+    kube.holder = "intruder"
+    started = time.monotonic()
+    assert lost.wait(timeout=5)
+    assert time.monotonic() - started < 2.5  # the next renewal (every second), not after 2/3 of the duration
+    elector.release()
