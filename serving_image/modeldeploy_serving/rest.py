@@ -7,6 +7,7 @@ Every error leaves as {"error": "..."} with the status its type carries.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -17,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from modeldeploy_serving.codecs import check_shape, decode_json_data, decode_raw, encode_json_data, encode_raw
 from modeldeploy_serving.dataplane import DataPlane
@@ -28,6 +30,10 @@ log = logging.getLogger(__name__)
 HEADER_LENGTH: Final = "inference-header-content-length"
 _JSON: Final = "application/json"
 _ORJSON_OPTIONS: Final = orjson.OPT_SERIALIZE_NUMPY
+# The V2 infer endpoint, matched before Starlette's router (see build_app); names as Starlette's {name} matches them.
+_INFER_PATH: Final = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+_JSON_HEADERS: Final = ((b"content-type", b"application/json"),)
+_BINARY_HEADERS: Final = ((b"content-type", b"application/octet-stream"),)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -210,8 +216,8 @@ def _rows(array: Any) -> list[Any]:
 # --- the ASGI application ---------------------------------------------------------------------------------------
 
 
-def build_app(plane: DataPlane) -> Starlette:
-    """The Starlette application serving `plane` over HTTP."""
+def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The ASGI application serving `plane` over HTTP: Starlette, with POST .../infer answered before its router."""
     limit = plane.settings.max_request_bytes
 
     async def read_body(request: Request) -> bytes:
@@ -235,36 +241,91 @@ def build_app(plane: DataPlane) -> Starlette:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def header_length(request: Request) -> int | None:
-        value = request.headers.get(HEADER_LENGTH)
-        if value is None:
-            return None
-        if not value.isdigit():
-            raise InvalidInput(f"Inference-Header-Content-Length {value!r} is not a number")
-        return int(value)
+    async def read_raw_body(receive: Receive, declared: str | None) -> bytes | None:
+        """read_body on the ASGI messages themselves; None when the client went away before sending it all."""
+        if declared is not None:
+            if not declared.isdigit():
+                raise InvalidInput(f"Content-Length {declared!r} is not a number")
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def infer(request: Request) -> Response:
-        name = request.path_params["name"]
-        version = request.path_params.get("version")
+    async def infer_asgi(scope: Scope, receive: Receive, send: Send, name: str, version: str | None) -> None:
+        """POST .../infer as a bare ASGI handler: this endpoint carries the load, and Starlette's Request, Response,
+        middleware and routing cost as much CPU as decoding a small model's request; with the server on one core
+        that CPU is taken from inference. Same answers, statuses and errors as the other endpoints."""
+        encoding = declared = header_value = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                declared = value.decode("latin-1")
+            elif key == b"inference-header-content-length":
+                header_value = value.decode("latin-1")
+            elif key == b"content-encoding":
+                encoding = value.decode("latin-1")
         expected = plane.expect()
+        status = 200
+        headers: tuple[tuple[bytes, bytes], ...] = _JSON_HEADERS
         try:
-            with plane.request_scope("rest") as scope:
+            with plane.request_scope("rest") as metric:
                 try:
-                    decoded = decode_infer_request(await read_body(request), header_length(request))
+                    if encoding is not None and encoding.lower() != "identity":
+                        raise UnsupportedMediaType(
+                            f"Content-Encoding {encoding.lower()!r} is not supported; send the body uncompressed"
+                        )
+                    raw = await read_raw_body(receive, declared)
+                    if raw is None:
+                        metric.code = "499"  # the client closed the connection; nobody reads an answer
+                        return
+                    if header_value is not None and not header_value.isdigit():
+                        raise InvalidInput(f"Inference-Header-Content-Length {header_value!r} is not a number")
+                    decoded = decode_infer_request(raw, None if header_value is None else int(header_value))
                     response = await plane.infer(name, version, decoded, expected=expected)
                     expected = False
+                    body, json_length = encode_infer_response(response)
+                    if json_length is not None:
+                        headers = (*_BINARY_HEADERS, (b"inference-header-content-length", str(json_length).encode()))
                 except ServingError as err:
-                    scope.code = str(err.status)
-                    return error_response(err)
-                body, json_length = encode_infer_response(response)
+                    metric.code = str(err.status)
+                    status, body = err.status, orjson.dumps({"error": err.message})
+                except Exception as exc:  # the same 500 as the other endpoints get from internal_error
+                    metric.code = "500"
+                    log.exception("unexpected error in POST %s", scope["path"], exc_info=exc)
+                    status = 500
+                    body = orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"})
         finally:
             if expected:
                 plane.unexpect()
-        if json_length is None:
-            return Response(body, media_type=_JSON)
-        return Response(
-            body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(json_length)}
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            }
         )
+        await send({"type": "http.response.body", "body": body})
+
+    class InferRoute:
+        """The same handler behind Starlette's router (an ASGI app, not a function, so that Starlette passes the
+        scope through): it answers other methods with 405 and requests that the fast match in `app` leaves to it."""
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            params = scope["path_params"]
+            await infer_asgi(scope, receive, send, params["name"], params.get("version"))
+
+    infer_route = InferRoute()
 
     async def predict(request: Request) -> Response:
         name = request.path_params["name"]
@@ -324,13 +385,23 @@ def build_app(plane: DataPlane) -> Starlette:
         route("/v2/models/{name}/versions/{version}", model_metadata),
         route("/v2/models/{name}/ready", model_ready),
         route("/v2/models/{name}/versions/{version}/ready", model_ready),
-        route("/v2/models/{name}/infer", infer, "POST"),
-        route("/v2/models/{name}/versions/{version}/infer", infer, "POST"),
+        Route("/v2/models/{name}/infer", infer_route, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", infer_route, methods=["POST"]),
         route("/v1/models/{name}:predict", predict, "POST"),
         route("/v1/models/{name}/versions/{version}:predict", predict, "POST"),
         route("/metrics", metrics),
     ]
-    return Starlette(
+    starlette = Starlette(
         routes=routes,
         exception_handlers={ServingError: serving_error, HTTPException: http_error, Exception: internal_error},
     )
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            match = _INFER_PATH.fullmatch(scope["path"])
+            if match is not None:
+                await infer_asgi(scope, receive, send, match[1], match[2])
+                return
+        await starlette(scope, receive, send)
+
+    return app
