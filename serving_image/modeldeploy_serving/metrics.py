@@ -65,6 +65,8 @@ class Metrics:
             for metric in (self.queue_time, self.batch_size, self.in_flight):
                 metric.remove("")
         self.model = model
+        # Children by (protocol, code): labels() takes a lock and builds a key on every call, and this is per request.
+        self._request_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._queue_time = self.queue_time.labels(model)
         self._batch_size = self.batch_size.labels(model)
         self.in_flight_now = self.in_flight.labels(model)
@@ -75,8 +77,12 @@ class Metrics:
             self._queue_time.observe(seconds)
 
     def observe_request(self, protocol: str, code: str, seconds: float) -> None:
-        self.requests.labels(self.model, protocol, code).inc()
-        self.latency.labels(self.model, protocol).observe(seconds)
+        children = self._request_children.get((protocol, code))
+        if children is None:
+            children = (self.requests.labels(self.model, protocol, code), self.latency.labels(self.model, protocol))
+            self._request_children[(protocol, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -86,6 +87,7 @@ class ServingProcess:
             self._exit_code = EXIT_CANNOT_SERVE
             self.request_stop(None)
         else:
+            _settle_garbage_collector()
             log.info(
                 "ready in %.3f s: model %r on http://%s:%d%s",
                 time.perf_counter() - started,
@@ -123,6 +125,21 @@ class ServingProcess:
             log.error("requests still in flight after %.0f s: exiting anyway", grace)
         await asyncio.to_thread(self.plane.stop, 1.0)
         log.info("stopped")
+
+
+# Collections of the youngest generation per allocated container objects. Python's default (700) runs one every
+# few dozen requests, and each walks the young objects of every request in flight: about 7% of the event loop's CPU
+# at 64 concurrent requests on the small model. Garbage is mostly freed by reference counting anyway.
+_GC_GEN0_THRESHOLD: Final = 10_000
+
+
+def _settle_garbage_collector() -> None:
+    """Once loaded: the objects of imports and model loading live as long as the process, so move them out of the
+    collector's sight (gc.freeze) and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(_GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def _grpc_host(host: str) -> str:
