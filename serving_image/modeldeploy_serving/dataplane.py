@@ -57,10 +57,10 @@ class DataPlane:
         self.batching = s.batching and info.has_dynamic_batch
         if s.batching and not info.has_dynamic_batch:
             log.info("dynamic batching off: the model has no dynamic batch dimension on every input and output")
-        if info.has_dynamic_batch:
-            model.warm_up((1, s.max_batch_size) if self.batching and s.max_batch_size > 1 else (1,))
-        else:
-            model.warm_up((1,))
+        # Batch 2 proves that the batch dimension really is dynamic before the server says ready; a warm-up at the max
+        # batch size would only pre-grow onnxruntime's arena to its peak (17 MB more idle RSS for a 0.1 GFLOP CNN
+        # at 32 rows) to spare the first full batch about 15 ms once.
+        model.warm_up((1, 2) if self.batching and s.max_batch_size > 1 else (1,))
         self.metrics.set_model(info.name)
         if self.batching:
             self._runner = Batcher(

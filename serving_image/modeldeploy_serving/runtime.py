@@ -61,6 +61,10 @@ class OnnxModel:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Threads that spin after a run burn the core that the event loop needs to parse the next requests.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Memory patterns are planned per input shape: with dynamic batching every batch size would keep a plan and
+        # a block of its own (about 20 MB more resident for a 0.1 GFLOP CNN at batch 32) for no measurable speed-up.
+        # The arena stays on: without it every run maps and faults its buffers afresh (about 1.5x slower).
+        options.enable_mem_pattern = False
         try:
             session = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
         except _ort_errors() as err:
