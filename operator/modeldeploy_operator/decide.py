@@ -112,12 +112,14 @@ def decide_training(
     job = observed.job(name)
     if job is None:
         plan.create.append(builders.build_training_job({**md, "spec": spec}, settings))
-        return Training("Training", "JobCreated", f"training Job {name} created")
+        # The same reason and message as a running Job: the watch sees the new Job a moment later, and a status
+        # that changed only for that would cost a status write for nothing.
+        return Training("Training", "Training", f"Job {name} is training")
     if job.deleting:
         return Training("Training", "Retrying", f"waiting for the previous Job {name} to be removed before retrying")
     pods = [p for p in observed.pods if p.job_name == name]
     if job.outcome == "Active":
-        return Training("Training", "Training", f"Job {name} is running")
+        return Training("Training", "Training", f"Job {name} is training")
     final = _final_pod(pods)
     if job.outcome == "Failed":
         if job.generation < generation:
@@ -167,19 +169,33 @@ def merge_conditions(
 def transition_events(
     old: list[dict[str, Any]], new: list[dict[str, Any]], old_phase: str, new_phase: str, summary: str
 ) -> list[Event]:
-    """One event per phase change, and one per condition whose status or reason changed (not on first sight)."""
-    events = []
-    if old_phase != new_phase:
-        kind = "Warning" if new_phase in (PHASE_FAILED, PHASE_DEGRADED) else "Normal"
-        events.append(Event(kind, new_phase, f"phase {old_phase or 'none'} -> {new_phase}: {summary}"))
+    """At most one event per reconcile: when the phase or the status of a condition changed (not on first sight).
+
+    The note lists every condition whose status or reason changed; a reason-only change (e.g. PodsPending ->
+    RollingOut) is in the status and in the next event's note, and posts no event of its own. One event per
+    transition instead of one per condition keeps the API server's writes per ModelDeployment low.
+    """
     previous = {c.get("type"): c for c in old if isinstance(c, dict)}
-    for cond in new:
-        before = previous.get(cond["type"])
-        if before is None or (before.get("status") == cond["status"] and before.get("reason") == cond["reason"]):
-            continue
-        kind = "Warning" if (cond["type"], cond["status"]) in WARNING_STATES else "Normal"
-        events.append(Event(kind, cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}"))
-    return events
+    changed = [
+        (cond, previous[cond["type"]])
+        for cond in new
+        if cond["type"] in previous
+        and (previous[cond["type"]].get("status"), previous[cond["type"]].get("reason"))
+        != (cond["status"], cond["reason"])
+    ]
+    flipped = [cond for cond, before in changed if before.get("status") != cond["status"]]
+    if old_phase == new_phase and not flipped:
+        return []
+    warning = new_phase in (PHASE_FAILED, PHASE_DEGRADED) or any(
+        (cond["type"], cond["status"]) in WARNING_STATES for cond in flipped
+    )
+    details = "; ".join(f"{cond['type']}={cond['status']} ({cond['reason']}): {cond['message']}" for cond, _ in changed)
+    if old_phase != new_phase:
+        reason, note = new_phase, f"phase {old_phase or 'none'} -> {new_phase}: {summary}"
+    else:
+        reason, note = flipped[0]["reason"], ""
+    note = "; ".join(part for part in (note, details) if part)
+    return [Event("Warning" if warning else "Normal", reason, note)]
 
 
 def _retained(

@@ -36,6 +36,10 @@ class Settings:
     api_qps_burst: int = 16
     """Connections kept open to the API server (urllib3 pool size); at least `workers`."""
 
+    min_reconcile_interval_seconds: float = 0.5
+    """A ModelDeployment is reconciled at most this often; the watch events in between are taken in one go (a
+    rollout's Deployment, ReplicaSet and pod events would otherwise each cost a status write). 0 turns it off."""
+
     resync_seconds: float = 300.0
     """A ModelDeployment is reconciled at least this often even when no watch event arrives (a safety net)."""
 

@@ -5,8 +5,10 @@ API errors become the exceptions below, so the layers above never see an HTTP st
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import threading
 from typing import Any, Final
 
 from modeldeploy.spec import GROUP, PLURAL, VERSION
@@ -54,6 +56,20 @@ class Kube:
         self._api = api_client
         self.field_manager = field_manager
         self._timeout = timeout
+        self._calls: collections.Counter[str] = collections.Counter()
+        self._calls_lock = threading.Lock()
+
+    def calls(self) -> dict[str, int]:
+        """Requests made so far by "METHOD resource[/subresource]", e.g. "PATCH modeldeployments/status"."""
+        with self._calls_lock:
+            return dict(self._calls)
+
+    def _count(self, method: str, path: str) -> None:
+        parts = path.strip("/").split("/")
+        at = parts.index("namespaces") + 2 if "namespaces" in parts else len(parts) - 1
+        what = "/".join(parts[at : at + 1] + parts[at + 2 : at + 3])
+        with self._calls_lock:
+            self._calls[f"{method} {what}"] += 1
 
     def close(self) -> None:
         self._api.close()
@@ -74,6 +90,7 @@ class Kube:
         # The client serializes a dict for JSON content types; an apply patch (YAML) must be given as text.
         payload = body if body is None or "json" in content_type else json.dumps(body)
         params = list((query or {}).items())
+        self._count(method, path)
         try:
             method, url, headers, _, _ = self._api.param_serialize(
                 method=method,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from md_factories import deployment, job, make_md, report, serving_pod, training_pod
@@ -34,7 +35,7 @@ def test_new_model_deployment_creates_claim_and_training_job_and_is_not_ready() 
     assert plan.apply == []
     assert plan.status["phase"] == "Training"
     assert _conditions(plan)["Ready"]["status"] == "False"
-    assert _conditions(plan)["Trained"]["reason"] == "JobCreated"
+    assert _conditions(plan)["Trained"]["reason"] == "Training"
     assert plan.status["observedGeneration"] == 1
 
 
@@ -197,3 +198,49 @@ def test_a_version_still_served_by_pods_keeps_its_artifact_during_the_rollout() 
     assert [v["version"] for v in during.status["versions"]][-1] == "vold"
     after = decide.decide(md, Observed(), SETTINGS, NOW)
     assert "vold" not in [v["version"] for v in after.status["versions"]]
+
+
+def test_a_whole_lifecycle_posts_three_events_and_writes_status_only_on_news() -> None:
+    """Pending -> Training -> Deploying -> Ready as the watches see it: the writes that cost the API server."""
+    md = make_md()
+    claim = ChildState("digits-models", "")
+    done, final = job(md, "Succeeded"), training_pod(md, "Succeeded", report(md))
+    served = _trained(md)[0]["status"]["versions"][0]
+    full = {**md, "spec": decide.normalized_spec(md)}
+    config_hash = builders.build_deployment(full, served, SETTINGS)["metadata"]["annotations"][
+        naming.ANNOTATION_CONFIG_HASH
+    ]
+    ready = deployment(config_hash, served["version"])
+    created = replace(ready, replicas=0, updated=0, ready=0, available=0, available_condition=False)
+    scaled = replace(ready, ready=0, available=0, available_condition=False)
+    service = ChildState(
+        "digits", builders.build_service(full)["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH]
+    )
+    seen = [
+        Observed(),
+        Observed(claim=claim, jobs=(job(md),)),
+        Observed(claim=claim, jobs=(job(md),), pods=(training_pod(md, "Pending", None),)),
+        Observed(claim=claim, jobs=(job(md),), pods=(training_pod(md, "Running", None),)),
+        Observed(claim=claim, jobs=(job(md),), pods=(final,)),
+        Observed(claim=claim, jobs=(done,), pods=(final,)),
+        Observed(claim=claim, jobs=(done,), pods=(final,), deployment=created, service=service),
+        Observed(
+            claim=claim,
+            jobs=(done,),
+            pods=(final, serving_pod("digits-x", ready=False, phase="Pending")),
+            deployment=scaled,
+            service=service,
+        ),
+        Observed(claim=claim, jobs=(done,), pods=(final, serving_pod("digits-x")), deployment=ready, service=service),
+    ]
+    writes, events, phases = 0, [], []
+    for observed in seen:
+        plan = decide.decide(md, observed, SETTINGS, NOW)
+        writes += decide.status_patch(md["status"], plan.status) is not None
+        events += plan.events
+        phases.append(plan.status["phase"])
+        md = {**md, "status": plan.status}
+    assert phases[-1] == "Ready"
+    assert [e.reason for e in events] == ["Training", "Deploying", "Ready"]  # one per phase, conditions in the note
+    assert "Trained=True" in events[1].message and "Compressed=True" in events[1].message
+    assert writes == 5  # creation, trained, Deployment seen, a pod Pending, Ready: no write while training runs

@@ -54,8 +54,10 @@ def test_apply_trains_then_serves_and_reports_ready(
     assert _env(deployment)["MODELDEPLOY_MODEL_DIR"] == f"/models/digits/v{short}"
     assert models.get("service", "digits") is not None
     assert models.get("pvc", "digits-models") is not None
-    reasons = {e["reason"] for e in models.items("events") if e["involvedObject"]["name"] == "digits"}
-    assert {"Training", "Trained", "Deploying", "Ready"} <= reasons
+    events = [e for e in models.items("events") if e["involvedObject"]["name"] == "digits"]
+    # One event per phase change; the conditions that changed with it are in its note.
+    assert {"Training", "Deploying", "Ready"} <= {e["reason"] for e in events}
+    assert any(e["reason"] == "Deploying" and "Trained=True" in e["message"] for e in events)
     printed = kubectl("get", "md", "digits", "-n", namespace).stdout
     assert "Ready" in printed and "2/2" in printed and f"v{short}" in printed
 

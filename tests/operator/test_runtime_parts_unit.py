@@ -10,6 +10,7 @@ import pytest
 from modeldeploy_operator import observed
 from modeldeploy_operator.leader import LeaderElector, is_free_for
 from modeldeploy_operator.settings import SettingsError, settings_from_env
+from modeldeploy_operator.storage import Kube
 from modeldeploy_operator.workqueue import WorkQueue
 
 
@@ -140,3 +141,33 @@ def test_a_leader_whose_lease_another_takes_stops_at_the_next_renewal() -> None:
     assert lost.wait(timeout=5)
     assert time.monotonic() - started < 2.5  # the next renewal (every second), not after 2/3 of the duration
     elector.release()
+
+
+def test_the_client_counts_its_requests_by_method_and_resource() -> None:
+    kube = Kube(api_client=None, field_manager="test")
+    kube._count("PATCH", Kube.path("ModelDeployment", "ns", "m", "status"))
+    kube._count("POST", Kube.path("Job", "ns"))
+    kube._count("POST", "/apis/events.k8s.io/v1/namespaces/ns/events")
+    kube._count("POST", "/apis/events.k8s.io/v1/namespaces/ns/events")
+    assert kube.calls() == {"PATCH modeldeployments/status": 1, "POST jobs": 1, "POST events": 2}
+
+
+def test_queue_holds_a_key_back_until_its_minimum_interval_ends() -> None:
+    queue: WorkQueue[str] = WorkQueue(min_interval=0.3)
+    queue.add("a")
+    assert queue.get() == "a"
+    started = time.monotonic()
+    queue.done("a")
+    queue.add("a")  # too soon: held back ...
+    queue.add("a")  # ... and still one key
+    queue.add("b")  # another key is not held back
+    assert queue.get() == "b"
+    queue.done("b")
+    assert queue.get() == "a"
+    assert time.monotonic() - started >= 0.29
+    queue.add("a")  # changed while in progress: once more, after the interval
+    queue.done("a")
+    assert len(queue) == 1
+    assert queue.get() == "a"
+    queue.done("a")
+    assert len(queue) == 0
