@@ -1,14 +1,19 @@
 """N ModelDeployments applied at once: seconds until all Ready, the operator's CPU seconds and peak RSS, and the
 floor (the same Jobs and Deployments created directly with kubectl and seen ready) on the same control plane.
 
+Also printed: when the last training Job completed (from the Jobs' completionTime, so no extra polling), in both
+runs, and the operator's API requests per ModelDeployment (from the line it logs when it stops).
+
     .venv/bin/python bench/operator_scale.py --n 100 500
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,6 +29,7 @@ sys.path.insert(0, str(REPO / "operator"))
 from modeldeploy_operator import builders  # noqa: E402
 from modeldeploy_operator.settings import Settings  # noqa: E402
 
+from modeldeploy import contracts  # noqa: E402
 from modeldeploy.spec import normalize  # noqa: E402
 
 # Small requests so that N=500 fits the three fake nodes at once (this measures the control loop, not packing).
@@ -62,7 +68,26 @@ def wait(predicate: Any, timeout: float, what: str) -> float:
     raise SystemExit(f"timed out after {timeout:g}s waiting for {what}")
 
 
-def run_operator(env: dict[str, str], n: int) -> tuple[float, float, float]:
+def last_job_done(env: dict[str, str], ns: str, started: float) -> float:
+    """Seconds from `started` (epoch) to the latest completionTime of the namespace's Jobs."""
+    jobs = json.loads(kubectl(env, "get", "jobs", "-n", ns, "-o", "json"))["items"]
+    times = [
+        datetime.datetime.strptime(j["status"]["completionTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+        for j in jobs
+        if (j.get("status") or {}).get("completionTime")
+    ]
+    return max(times).timestamp() - started if times else float("nan")
+
+
+def api_requests(log: Path) -> dict[str, int]:
+    """The operator's request counts from the line it logs when it stops."""
+    found = re.findall(r"API requests: (.*)", log.read_text(errors="replace"))
+    if not found or found[-1] == "none":
+        return {}
+    return {what: int(count) for what, count in (item.rsplit("=", 1) for item in found[-1].split())}
+
+
+def run_operator(env: dict[str, str], n: int) -> tuple[float, float, float, float]:
     ns = f"bench-op-{n}"
     kubectl(env, "create", "namespace", ns)
     log = Path(tempfile.gettempdir()) / f"bench-operator-{n}.log"
@@ -81,7 +106,7 @@ def run_operator(env: dict[str, str], n: int) -> tuple[float, float, float]:
             }
             for i in range(n)
         ]
-        start = time.monotonic()
+        start, started = time.monotonic(), time.time()
         kubectl(
             env,
             "apply",
@@ -94,18 +119,24 @@ def run_operator(env: dict[str, str], n: int) -> tuple[float, float, float]:
 
         def all_ready() -> bool:
             got = json.loads(kubectl(env, "get", "md", "-n", ns, "-o", "json"))["items"]
-            return sum((i.get("status") or {}).get("phase") == "Ready" for i in got) == n
+            ready = sum(1 for i in got if (i.get("status") or {}).get("phase") == "Ready")
+            return ready == n
 
         wait(all_ready, 1800, f"{n} ModelDeployments Ready")
         seconds = time.monotonic() - start
         cpu, rss = proc_usage(proc.pid)
-        return seconds, cpu, rss
+        return seconds, cpu, rss, last_job_done(env, ns, started)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        calls = api_requests(log)
+        if calls:
+            total = sum(calls.values())
+            top = ", ".join(f"{what} {count / n:.1f}" for what, count in sorted(calls.items(), key=lambda c: -c[1]))
+            print(f"  operator N={n}: {total / n:.1f} API requests per ModelDeployment ({top})", flush=True)
 
 
-def run_floor(env: dict[str, str], n: int) -> float:
+def run_floor(env: dict[str, str], n: int) -> tuple[float, float]:
     """The same PVC, Job, Deployment and Service per model, created directly, no operator."""
     ns = f"bench-floor-{n}"
     kubectl(env, "create", "namespace", ns)
@@ -113,7 +144,7 @@ def run_floor(env: dict[str, str], n: int) -> float:
     items: list[dict[str, Any]] = []
     for i in range(n):
         md = normalize({"metadata": {"name": f"m{i}", "namespace": ns, "uid": "x", "generation": 1}, "spec": SPEC})
-        short = builders.contracts.spec_hash(md["spec"])[:12]
+        short = contracts.spec_hash(md["spec"])[:12]
         for manifest in (
             builders.build_claim(md),
             builders.build_training_job(md, settings),
@@ -123,7 +154,7 @@ def run_floor(env: dict[str, str], n: int) -> float:
             assert manifest is not None
             manifest["metadata"].pop("ownerReferences", None)
             items.append(manifest)
-    start = time.monotonic()
+    start, started = time.monotonic(), time.time()
     kubectl(
         env, "apply", "-n", ns, "-f", "-", input=yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items})
     )
@@ -140,8 +171,9 @@ def run_floor(env: dict[str, str], n: int) -> float:
 
     wait(all_done, 1800, f"{n} Jobs complete and Deployments ready")
     seconds = time.monotonic() - start
+    jobs_done = last_job_done(env, ns, started)
     kubectl(env, "delete", "namespace", ns, "--wait=false")  # frees Service IPs and pods for the operator's run
-    return seconds
+    return seconds, jobs_done
 
 
 def main() -> int:
@@ -163,14 +195,19 @@ def main() -> int:
     try:
         kubectl(env, "apply", "-f", str(REPO / "crds"))
         kubectl(env, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
-        print(
-            f"{'N':>5} {'operator s':>11} {'floor s':>8} {'ratio':>6} {'op CPU s':>9} {'op peak RSS MB':>15}",
-            flush=True,
+        header = (
+            f"{'N':>5} {'operator s':>11} {'floor s':>8} {'ratio':>6} {'op CPU s':>9} {'op peak RSS MB':>15}"
+            f" {'op jobs done s':>15} {'floor jobs done s':>18}"
         )
+        print(header, flush=True)
         for n in args.n:
-            floor = run_floor(env, n)
-            seconds, cpu, rss = run_operator(env, n)
-            print(f"{n:>5} {seconds:>11.1f} {floor:>8.1f} {seconds / floor:>6.2f} {cpu:>9.1f} {rss:>15.1f}", flush=True)
+            floor, floor_jobs = run_floor(env, n)
+            seconds, cpu, rss, jobs = run_operator(env, n)
+            print(
+                f"{n:>5} {seconds:>11.1f} {floor:>8.1f} {seconds / floor:>6.2f} {cpu:>9.1f} {rss:>15.1f}"
+                f" {jobs:>15.0f} {floor_jobs:>18.0f}",
+                flush=True,
+            )
         print(f"command: .venv/bin/python bench/operator_scale.py --n {' '.join(map(str, args.n))}")
     finally:
         if cluster is not None:
