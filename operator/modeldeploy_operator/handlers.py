@@ -27,8 +27,10 @@ def _parent(namespace: str | None, labels: Any) -> Key | None:
 
 
 # -- the indices: the only cache the reconcile reads (kopf runs no other handler before they are filled) --
+# They are `async` although nothing in them awaits: kopf runs a sync handler on an executor thread (a thread
+# hand-off, a context copy and a shielded task per call), and these run on every watch event.
 @kopf.index(GROUP, VERSION, PLURAL)
-def md_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def md_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     if namespace is None:
         return {}
     meta = body.get("metadata") or {}
@@ -43,19 +45,23 @@ def md_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dic
 
 
 @kopf.index("batch", "v1", "jobs", labels=OURS)
-def job_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, observed.JobState]:
+async def job_index(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, observed.JobState]:
     parent = _parent(namespace, labels)
     return {parent: observed.summarize_job(body)} if parent else {}
 
 
 @kopf.index("v1", "pods", labels=OURS)
-def pod_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, observed.PodState]:
+async def pod_index(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, observed.PodState]:
     parent = _parent(namespace, labels)
     return {parent: observed.summarize_pod(body)} if parent else {}
 
 
 @kopf.index("apps", "v1", "deployments", labels=OURS)
-def deployment_index(
+async def deployment_index(
     namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, observed.DeploymentState]:
     parent = _parent(namespace, labels)
@@ -63,7 +69,7 @@ def deployment_index(
 
 
 @kopf.index("v1", "services", labels=OURS)
-def service_index(
+async def service_index(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, observed.ChildState]:
     parent = _parent(namespace, labels)
@@ -71,13 +77,15 @@ def service_index(
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OURS)
-def hpa_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, observed.ChildState]:
+async def hpa_index(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, observed.ChildState]:
     parent = _parent(namespace, labels)
     return {parent: observed.summarize_child(body)} if parent else {}
 
 
 @kopf.index("v1", "persistentvolumeclaims", labels=OURS)
-def claim_index(
+async def claim_index(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, observed.ChildState]:
     parent = _parent(namespace, labels)
