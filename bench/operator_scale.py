@@ -84,7 +84,7 @@ def api_requests(log: Path) -> dict[str, int]:
     found = re.findall(r"API requests: (.*)", log.read_text(errors="replace"))
     if not found or found[-1] == "none":
         return {}
-    return {what: int(count) for what, count in (item.rsplit("=", 1) for item in found[-1].split())}
+    return {what: int(count) for what, count in (item.rsplit("=", 1) for item in found[-1].split(", "))}
 
 
 def run_operator(env: dict[str, str], n: int) -> tuple[float, float, float, float]:

@@ -113,7 +113,7 @@ class Runtime:
         for thread in self._threads:
             thread.join(timeout=10)
         # What this process cost the API server (bench/operator_scale.py reads this line).
-        calls = " ".join(f"{what}={count}" for what, count in sorted(self.kube.calls().items()))
+        calls = ", ".join(f"{what}={count}" for what, count in sorted(self.kube.calls().items()))
         logger.info("%d reconciles; API requests: %s", self.reconciles, calls or "none")
 
     def _resync(self) -> None:
