@@ -157,8 +157,10 @@ class DataPlane:
             self.metrics.observe_request(protocol, scope.code, time.perf_counter() - started)
 
     def expect(self) -> bool:
-        """Announce a request whose body is being read, so that a forming batch may wait for it (see batching)."""
-        if self._runner is None:
+        """Announce a request whose body is being read, so that a forming batch may wait for it (see batching).
+        An announced request was received before SIGTERM: it is in flight and is answered even if shutdown begins
+        while its body is still arriving. After SIGTERM nothing is announced any more (infer says 503)."""
+        if self._runner is None or self._shutting_down:
             return False
         self._runner.expect()
         return True
@@ -173,7 +175,7 @@ class DataPlane:
         """Check the request against the model, run it (batched with others when possible), build the response."""
         try:
             info = self._resolve(name, version)
-            if self._shutting_down:
+            if self._shutting_down and not expected:
                 raise NotReady("the server is shutting down")
             feeds = self._feeds(info, request)
             requested = self._requested(info, request)
