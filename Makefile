@@ -36,8 +36,9 @@ lint: venv ## ruff and mypy strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-demo: venv cluster-binaries ## the main job: a local control plane, the CRD, the operator, a sample to Ready, then its real training, serving and a prediction
-	@$(BIN)/python -m modeldeploy.tools.demo
+# REAL_NODE=1 checks the machine first and builds the node's binaries itself, so that a refusal comes before a build.
+demo: venv $(if $(REAL_NODE),,cluster-binaries) ## the main job: a local control plane, the CRD, the operator, a sample to Ready, then its real training, serving and a prediction (REAL_NODE=1: all of it in the cluster, on a real node)
+	@$(BIN)/python -m modeldeploy.tools.demo $(if $(REAL_NODE),--real-node)
 
 docs: venv ## regenerate docs/api-reference.md from the CRD's schema
 	$(BIN)/python -m modeldeploy.tools.apidoc --output docs/api-reference.md

@@ -3,12 +3,21 @@
 A local control plane, the CRD, the operator (this checkout's code, in the background), the digits sample taken
 to Ready there (kwok plays the pods), then the same spec's real training and serving through `modeldeploy run`,
 ending with a prediction. Everything it started is stopped at the end, also on failure or Ctrl-C.
+
+With --real-node (`make demo REAL_NODE=1`, docs/real-node.md) the pipeline runs in the cluster instead: the
+project's images (built when Docker lacks them), a cluster with a real node, the operator pointed at those images,
+samples/digits-cnn-real-node.yaml trained by a real Job and served by real pods, then held-out digits predicted
+through a port-forward on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,11 +25,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
-from modeldeploy.cluster.local import ClusterError, LocalCluster, find_binaries
+from modeldeploy.cluster import realnode
+from modeldeploy.cluster.local import ClusterError, ClusterState, LocalCluster, find_binaries, process_start_time
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "samples" / "digits-cnn.yaml"
+REAL_NODE_SAMPLE = REPO / "samples" / "digits-cnn-real-node.yaml"
+# What the real node runs, imported from the local Docker engine; the operator runs here, outside the cluster.
+TRAINING_IMAGE, SERVING_IMAGE = realnode.PROJECT_IMAGES
 
 
 def say(text: str) -> None:
@@ -35,11 +50,14 @@ def free_port() -> int:
 
 
 class Demo:
-    def __init__(self, name: str, sample: Path, timeout: float) -> None:
-        self.cluster = LocalCluster(name)
+    def __init__(
+        self, name: str, sample: Path, timeout: float, *, real_node: bool = False, bin_dir: Path | None = None
+    ) -> None:
+        self.cluster = LocalCluster(name, real_node=real_node)
         self.sample = sample
         self.timeout = timeout
-        self.kubectl = str(find_binaries() / "kubectl")
+        self.bin_dir = bin_dir or find_binaries(real_node=real_node)
+        self.kubectl = str(self.bin_dir / "kubectl")
         self.env: dict[str, str] = {}
         self.operator: subprocess.Popen[bytes] | None = None
         # Outside the cluster's state directory, which `down` removes: the log outlives a failed demo.
@@ -55,19 +73,24 @@ class Demo:
 
     def start(self) -> None:
         say(f"local control plane {self.cluster.name} (etcd, kube-apiserver, controllers, scheduler, kwok nodes)")
-        kubeconfig = self.cluster.up()
+        kubeconfig = self.cluster.up(bin_dir=self.bin_dir)
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        self.install_and_run_operator()
+
+    def install_and_run_operator(self, settings: dict[str, str] | None = None) -> None:
         say("the ModelDeployment CRD")
         self.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         self.run_kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
         log = self.operator_log
         say(f"the operator, in the background (its log: {log})")
+        for key, value in (settings or {}).items():
+            sys.stdout.write(f"{key}={value}\n")
         with log.open("wb") as out:
             self.operator = subprocess.Popen(
                 [sys.executable, "-m", "modeldeploy.cli", "operator"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, **(settings or {})},
             )
 
     def to_ready(self) -> None:
@@ -102,14 +125,250 @@ class Demo:
         self.cluster.down()
 
 
+# ---- the real node ------------------------------------------------------------------------------------------------
+
+
+def refusal(problems: list[str]) -> str:
+    """Why this machine cannot run `make demo REAL_NODE=1`, and what to do instead."""
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return (
+        f"make demo REAL_NODE=1 cannot run on this machine:\n{lines}\n"
+        "Fix the above (docs/real-node.md, 'What it needs'), or run `make demo` without REAL_NODE: the same "
+        "pipeline with kwok's simulated pods, then the real training and serving through `modeldeploy run`."
+    )
+
+
+def docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "version"], capture_output=True, check=False).returncode == 0
+
+
+def image_exists(image: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", image], capture_output=True, check=False).returncode == 0
+
+
+def held_out_digits(spec: dict[str, Any], n: int) -> tuple[Any, list[int]]:
+    """`n` digits the model never trained on, spread over the trainer's own held-out split (same fraction, seed)."""
+    import numpy as np  # noqa: PLC0415
+    from modeldeploy_training import data  # noqa: PLC0415 (TensorFlow-free)
+
+    training = spec.get("training") or {}
+    parts = data.split(data.load_digits(), float(training.get("validationSplit", 0.2)), int(training.get("seed", 0)))
+    picks = np.linspace(0, len(parts.y_test) - 1, n).round().astype(int)
+    return parts.x_test[picks], [int(v) for v in parts.y_test[picks]]
+
+
+class RealNodeDemo(Demo):
+    """The same ModelDeployment trained and served for real, in the cluster, on this machine's real node."""
+
+    def __init__(self, name: str, sample: Path, timeout: float, bin_dir: Path) -> None:
+        super().__init__(name, sample, timeout, real_node=True, bin_dir=bin_dir)
+        self.started_docker = False
+        self.port_forward: subprocess.Popen[str] | None = None
+
+    def images(self) -> None:
+        """The training and serving images in the local Docker engine: dockerd started and the images built if
+        needed (only what is missing: `make images` rebuilds them after a change)."""
+        if not docker_answers():
+            say("no Docker engine answers: starting dockerd (images/docker.sh up)")
+            self.started_docker = True  # set first: a dockerd that came up half-way is still ours to stop
+            subprocess.run([str(REPO / "images" / "docker.sh"), "up"], check=True)
+        missing = [image for image in (TRAINING_IMAGE, SERVING_IMAGE) if not image_exists(image)]
+        if not missing:
+            sys.stdout.write(f"images {TRAINING_IMAGE} and {SERVING_IMAGE} are built (make images rebuilds them)\n")
+            return
+        say(f"building {', '.join(missing)} (the first build downloads TensorFlow: minutes)")
+        subprocess.run([str(REPO / "images" / "base-image.sh")], check=True)
+        prefix, _, tag = TRAINING_IMAGE.rpartition(":")
+        names = [image.rpartition(":")[0].rpartition("/")[2] for image in missing]
+        env = {**os.environ, "IMAGE_PREFIX": prefix.rpartition("/")[0], "IMAGE_TAG": tag}
+        subprocess.run([str(REPO / "images" / "build.sh"), *names], check=True, env=env)
+
+    def start(self) -> None:
+        say(
+            f"local cluster {self.cluster.name} with a real node: the control plane, kwok's nodes, and containerd, "
+            "a kubelet and kube-proxy on this machine (the images are imported from Docker: about 100 s)"
+        )
+        kubeconfig = self.cluster.up(bin_dir=self.bin_dir, owner_pid=os.getpid())
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        sys.stdout.write(self.run_kubectl("get", "nodes", "-L", realnode.NODE_LABEL_KEY))
+        self.install_and_run_operator(
+            {
+                "MODELDEPLOY_OPERATOR_TRAINING_IMAGE": TRAINING_IMAGE,
+                "MODELDEPLOY_OPERATOR_SERVING_IMAGE": SERVING_IMAGE,
+            }
+        )
+
+    def status(self) -> dict[str, Any]:
+        md = json.loads(self.run_kubectl("get", "md", "digits", "-o", "json"))
+        status = dict(md.get("status") or {})
+        status["_current"] = status.get("observedGeneration") == md["metadata"].get("generation")
+        return status
+
+    def to_ready(self) -> None:
+        say(f"kubectl apply -f {self.sample.relative_to(REPO)}; waiting for Ready (a real Job trains, real pods serve)")
+        self.run_kubectl("apply", "-f", str(self.sample))
+        started = time.monotonic()
+        last = ""
+        while True:
+            status = self.status()
+            conditions = {c["type"]: c for c in status.get("conditions") or []}
+            phase = status.get("phase") or "(no phase yet)"
+            ready = conditions.get("Ready", {})
+            line = f"{phase}: {ready.get('reason', '')} {ready.get('message', '')}".strip()
+            if line != last:
+                sys.stdout.write(f"  {time.monotonic() - started:6.1f}s  {line}\n")
+                sys.stdout.flush()
+                last = line
+            if status["_current"] and phase == "Ready":
+                break
+            if status["_current"] and phase == "Failed":
+                trained = conditions.get("Trained", {})
+                raise RuntimeError(f"digits Failed: {trained.get('reason')}: {trained.get('message')}")
+            if time.monotonic() - started > self.timeout:
+                pods = self.run_kubectl("get", "pods", "-o", "wide")
+                raise RuntimeError(f"digits not Ready after {self.timeout:.0f}s (phase {phase}); pods:\n{pods}")
+            time.sleep(1)
+        version = (status.get("versions") or [{}])[0]
+        sys.stdout.write(
+            f"\nReady {time.monotonic() - started:.1f}s after kubectl apply (training included); "
+            f"model version {status.get('modelVersion')}, held-out accuracy {version.get('accuracy')}\n\n"
+        )
+        sys.stdout.write(self.run_kubectl("get", "md", "-o", "wide"))
+        sys.stdout.write(self.run_kubectl("get", "pods", "-o", "wide"))
+
+    def predict(self, count: int = 8) -> int:
+        """Port-forward to the Service on 127.0.0.1, send held-out digits; returns how many were right."""
+        from modeldeploy.tools import client  # noqa: PLC0415
+
+        say("kubectl port-forward service/digits (127.0.0.1 only), then held-out digits through the V2 client")
+        self.port_forward = subprocess.Popen(
+            [self.kubectl, "port-forward", "service/digits", ":8080", "--address", "127.0.0.1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+        )
+        assert self.port_forward.stdout is not None
+        first = self.port_forward.stdout.readline()
+        match = re.search(r"127\.0\.0\.1:(\d+)", first)
+        if not match:
+            raise RuntimeError(f"kubectl port-forward did not start: {first.strip()}")
+        url = f"http://127.0.0.1:{match.group(1)}"
+        endpoint = client.parse_endpoint(url, "digits")
+        deadline = time.monotonic() + 30
+        while not client.is_ready(endpoint):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the model did not answer on {url} within 30 s")
+            time.sleep(0.2)
+        meta = client.model_metadata(endpoint)
+        import yaml  # noqa: PLC0415
+
+        x, truth = held_out_digits(yaml.safe_load(self.sample.read_text(encoding="utf-8"))["spec"], count)
+        rows = client.classify(endpoint, meta, client.fit_input(x, meta.inputs[0], "held-out digits"))
+        sys.stdout.write(f"{url}/v2/models/digits (version {meta.version}):\n")
+        right = 0
+        for row, true in zip(rows, truth, strict=True):
+            best = row[0]
+            ok = best.label == str(true)
+            right += ok
+            mark = "" if ok else "  <- wrong"
+            sys.stdout.write(f"  true {true}  predicted {best.label}  (probability {best.probability:.3f}){mark}\n")
+        sys.stdout.write(f"{right} of {len(truth)} held-out digits right\n")
+        return right
+
+    def down(self) -> None:
+        if self.port_forward is not None and self.port_forward.poll() is None:
+            self.port_forward.terminate()
+            self.port_forward.wait(timeout=10)
+        self.stop_operator()
+        say(f"stopping the cluster {self.cluster.name} and its real node (pods, containerd, network, cgroups)")
+        try:
+            self.cluster.down()
+        finally:
+            if self.started_docker:
+                say("stopping the dockerd this demo started (images/docker.sh down)")
+                subprocess.run([str(REPO / "images" / "docker.sh"), "down"], check=False)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    del signum, frame
+    raise KeyboardInterrupt  # a TERM stops the demo as Ctrl-C does: everything it started is stopped
+
+
+def main_real_node(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    problems = realnode.missing_prerequisites(None)
+    if problems:
+        sys.stderr.write(refusal(problems) + "\n")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="    %(message)s")
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        say("the binaries of the control plane and the real node (built once, cached)")
+        bin_dir = find_binaries(real_node=True)
+        directory = LocalCluster(args.name).directory
+        state = ClusterState.load(directory)
+        if state is not None and not (state.owner_pid and process_start_time(state.owner_pid)):
+            say(f"an earlier demo's cluster {args.name} was left behind: removing it first")
+            LocalCluster(args.name, real_node=True).down()
+        realnode.RealNode(
+            directory, bin_dir
+        ).check_host()  # the node's binaries, and no other cluster's real node on this machine
+    except ClusterError as err:
+        sys.stderr.write(f"demo failed: {err}\n")
+        return 1
+    except realnode.RealNodeUnavailable as err:
+        sys.stderr.write(refusal([str(err).removeprefix("the real node cannot start: ")]) + "\n")
+        return 2
+    sample = args.sample.resolve() if args.sample else REAL_NODE_SAMPLE
+    demo = RealNodeDemo(args.name, sample, args.timeout or 600, bin_dir)
+    code = 1
+    try:
+        demo.images()
+        demo.start()
+        demo.to_ready()
+        count = 8
+        right = demo.predict(count)
+        code = 0 if 2 * right > count else 1
+    except (ClusterError, RuntimeError, subprocess.SubprocessError, OSError) as err:
+        sys.stderr.write(f"demo failed: {err}\n")
+        if demo.operator_log.exists():
+            tail = demo.operator_log.read_text(errors="replace").splitlines()[-30:]
+            sys.stderr.write(f"the operator's log ({demo.operator_log}), last lines:\n" + "\n".join(tail) + "\n")
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        # A second Ctrl-C must not leave a half-removed node behind (its bridge, iptables chains, mounts).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            demo.down()
+        except (ClusterError, OSError, subprocess.SubprocessError) as err:
+            sys.stderr.write(f"tearing down failed: {err}\n")
+            code = code or 1
+    say(f"demo {'done' if code == 0 else 'FAILED'} in {time.monotonic() - started:.0f}s")
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modeldeploy.tools.demo", description=__doc__)
-    parser.add_argument("--name", default="demo", help="the local cluster's name (default: %(default)s)")
-    parser.add_argument("--sample", type=Path, default=SAMPLE, help="the ModelDeployment (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for Ready")
+    parser.add_argument(
+        "--real-node",
+        action="store_true",
+        help="train and serve in the cluster on this machine's real node (root, cgroup v1, containerd)",
+    )
+    parser.add_argument("--name", help="the local cluster's name (default: demo; demo-real-node with --real-node)")
+    parser.add_argument("--sample", type=Path, help=f"the ModelDeployment (default: {SAMPLE.relative_to(REPO)}; "
+                        f"{REAL_NODE_SAMPLE.relative_to(REPO)} with --real-node)")  # fmt: skip
+    parser.add_argument("--timeout", type=float, help="seconds to wait for Ready (default: 180; 600 with --real-node)")
     args = parser.parse_args(argv)
+    if args.real_node:
+        args.name = args.name or "demo-real-node"
+        return main_real_node(args)
     started = time.monotonic()
-    demo = Demo(args.name, args.sample.resolve(), args.timeout)
+    demo = Demo(args.name or "demo", (args.sample or SAMPLE).resolve(), args.timeout or 180)
     try:
         demo.start()
         demo.to_ready()

@@ -1,0 +1,85 @@
+"""`make demo REAL_NODE=1` without a cluster: the sample it applies, its refusal on a machine that cannot run the
+real node, and the make target. The run itself is tests/realnode/test_demo_realnode.py."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modeldeploy.cluster import realnode
+from modeldeploy.tools import demo
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load(path: Path) -> dict[str, Any]:
+    return dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+def test_the_real_node_sample_is_the_digits_sample_placed_on_the_real_node() -> None:
+    plain, placed = load(REPO / "samples" / "digits-cnn.yaml"), load(demo.REAL_NODE_SAMPLE)
+    placement = {
+        "nodeSelector": {realnode.NODE_LABEL_KEY: realnode.NODE_LABEL_VALUE},
+        "tolerations": [{"key": realnode.TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    for part in ("training", "serving"):
+        assert {k: placed["spec"][part][k] for k in placement} == placement
+        plain["spec"][part].update(placement)
+    plain["spec"]["storage"]["storageClassName"] = realnode.STORAGE_CLASS
+    assert placed == plain  # nothing else differs: the same model, trained and served for real
+
+
+def test_the_placement_matches_the_nodes_label_and_taint() -> None:
+    node = realnode.RealNode(Path("/nonexistent"), Path("/nonexistent"))
+    labels = next(a for a in node.kubelet_args() if a.startswith("--node-labels="))
+    assert f"{realnode.NODE_LABEL_KEY}={realnode.NODE_LABEL_VALUE}" in labels.split("=", 1)[1].split(",")
+    taints = node._kubelet_config({"kubelet": 1, "kubelet-healthz": 2})["registerWithTaints"]
+    assert taints == [{"key": realnode.TAINT_KEY, "value": "true", "effect": "NoSchedule"}]
+    assert realnode.STORAGE_CLASS in {m["metadata"]["name"] for m in node.rbac_manifests()}
+
+
+def test_refuses_early_and_says_how_to_fix_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        realnode,
+        "missing_prerequisites",
+        lambda bin_dir: ["the real node needs root (...)", "runc is not installed (apt-get install runc)"],
+    )
+
+    def must_not_run(*args: Any, **kwargs: Any) -> Path:
+        raise AssertionError("a refusing demo builds and starts nothing")
+
+    monkeypatch.setattr(demo, "find_binaries", must_not_run)
+    monkeypatch.setattr(demo.LocalCluster, "up", must_not_run)
+    assert demo.main(["--real-node"]) == 2
+    err = capsys.readouterr().err
+    assert "make demo REAL_NODE=1 cannot run on this machine" in err
+    assert "  - runc is not installed (apt-get install runc)" in err
+    assert "docs/real-node.md" in err and "`make demo` without REAL_NODE" in err
+
+
+def test_held_out_digits_come_from_the_trainers_held_out_split() -> None:
+    pytest.importorskip("modeldeploy_training")
+    from modeldeploy_training import data  # noqa: PLC0415
+
+    spec = load(demo.REAL_NODE_SAMPLE)["spec"]
+    x, y = demo.held_out_digits(spec, 8)
+    assert x.shape[0] == len(y) == 8
+    parts = data.split(data.load_digits(), 0.2, spec["training"]["seed"])
+    train_rows = {row.tobytes() for row in parts.x_train}
+    assert not any(row.tobytes() in train_rows for row in x)
+    assert len(set(y)) > 4  # spread over the split, not eight of one class
+
+
+def test_make_demo_real_node_runs_the_real_node_path_and_builds_nothing_before_its_checks() -> None:
+    real = subprocess.run(["make", "-n", "demo", "REAL_NODE=1"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert real.stdout.strip().splitlines()[-1].endswith("-m modeldeploy.tools.demo --real-node")
+    assert "build-binaries.sh" not in real.stdout
+    plain = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert plain.stdout.strip().splitlines()[-1].endswith("-m modeldeploy.tools.demo")
+    assert "build-binaries.sh" in plain.stdout
