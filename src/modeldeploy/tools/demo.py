@@ -292,8 +292,12 @@ class RealNodeDemo(Demo):
                 subprocess.run([str(REPO / "images" / "docker.sh"), "down"], check=False)
 
 
+INTERRUPTED: list[int] = []  # the signals received: a Ctrl-C also ends the child a step was waiting on
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    del signum, frame
+    del frame
+    INTERRUPTED.append(signum)
     raise KeyboardInterrupt  # a TERM stops the demo as Ctrl-C does: everything it started is stopped
 
 
@@ -305,6 +309,7 @@ def main_real_node(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="    %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         say("the binaries of the control plane and the real node (built once, cached)")
         bin_dir = find_binaries(real_node=True)
@@ -313,12 +318,13 @@ def main_real_node(args: argparse.Namespace) -> int:
         if state is not None and not (state.owner_pid and process_start_time(state.owner_pid)):
             say(f"an earlier demo's cluster {args.name} was left behind: removing it first")
             LocalCluster(args.name, real_node=True).down()
-        realnode.RealNode(
-            directory, bin_dir
-        ).check_host()  # the node's binaries, and no other cluster's real node on this machine
+        # The node's binaries, and no other cluster's real node on this machine.
+        realnode.RealNode(directory, bin_dir).check_host()
     except ClusterError as err:
         sys.stderr.write(f"demo failed: {err}\n")
         return 1
+    except KeyboardInterrupt:
+        return 130
     except realnode.RealNodeUnavailable as err:
         sys.stderr.write(refusal([str(err).removeprefix("the real node cannot start: ")]) + "\n")
         return 2
@@ -333,12 +339,15 @@ def main_real_node(args: argparse.Namespace) -> int:
         right = demo.predict(count)
         code = 0 if 2 * right > count else 1
     except (ClusterError, RuntimeError, subprocess.SubprocessError, OSError) as err:
-        sys.stderr.write(f"demo failed: {err}\n")
-        if demo.operator_log.exists():
+        if INTERRUPTED:  # the step failed because its child got the Ctrl-C too: not an error of its own
+            code = 130
+        sys.stderr.write(f"demo {'interrupted' if INTERRUPTED else 'failed'}: {err}\n")
+        if demo.operator_log.exists() and not INTERRUPTED:
             tail = demo.operator_log.read_text(errors="replace").splitlines()[-30:]
             sys.stderr.write(f"the operator's log ({demo.operator_log}), last lines:\n" + "\n".join(tail) + "\n")
     except KeyboardInterrupt:
         code = 130
+        sys.stderr.write("demo interrupted\n")
     finally:
         # A second Ctrl-C must not leave a half-removed node behind (its bridge, iptables chains, mounts).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -348,7 +357,8 @@ def main_real_node(args: argparse.Namespace) -> int:
         except (ClusterError, OSError, subprocess.SubprocessError) as err:
             sys.stderr.write(f"tearing down failed: {err}\n")
             code = code or 1
-    say(f"demo {'done' if code == 0 else 'FAILED'} in {time.monotonic() - started:.0f}s")
+    outcome = "done" if code == 0 else "interrupted" if code == 130 else "FAILED"
+    say(f"demo {outcome} in {time.monotonic() - started:.0f}s")
     return code
 
 
