@@ -136,8 +136,8 @@ _GC_GEN0_THRESHOLD: Final = 10_000
 
 def _settle_garbage_collector() -> None:
     """Once loaded: the objects of imports and model loading live as long as the process, so move them out of the
-    collector's sight (gc.freeze) and collect the young generation less often."""
-    gc.collect()
+    collector's sight (gc.freeze) and collect the young generation less often. No gc.collect() first: it takes
+    about 100 ms of the event loop (delaying the first readiness answer) to find a handful of cyclic objects."""
     _return_free_heap()
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
