@@ -3,6 +3,7 @@ real node, and the make target. The run itself is tests/realnode/test_demo_realn
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,18 @@ def test_held_out_digits_come_from_the_trainers_held_out_split() -> None:
     assert len(set(y)) > 4  # spread over the split, not eight of one class
 
 
+def dry_run_make(*args: str) -> subprocess.CompletedProcess[str]:
+    # Under `make test` this runs as a sub-make: drop the parent's flags, or it prints "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}}
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", *args], cwd=REPO, capture_output=True, text=True, check=True, env=env
+    )
+
+
 def test_make_demo_real_node_runs_the_real_node_path_and_builds_nothing_before_its_checks() -> None:
-    real = subprocess.run(["make", "-n", "demo", "REAL_NODE=1"], cwd=REPO, capture_output=True, text=True, check=True)
+    real = dry_run_make("demo", "REAL_NODE=1")
     assert real.stdout.strip().splitlines()[-1].endswith("-m modeldeploy.tools.demo --real-node")
     assert "build-binaries.sh" not in real.stdout
-    plain = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True)
+    plain = dry_run_make("demo")
     assert plain.stdout.strip().splitlines()[-1].endswith("-m modeldeploy.tools.demo")
     assert "build-binaries.sh" in plain.stdout
