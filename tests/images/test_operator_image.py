@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from modeldeploy.cluster.waiting import wait_until
+from modeldeploy.cluster.waiting import wait_crd_established, wait_until
 
 from .conftest import REPO, Containers, docker
 
@@ -25,7 +25,7 @@ def _logs(name: str) -> str:
 @pytest.fixture
 def crds(kubectl: Any) -> None:
     kubectl("apply", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+    wait_crd_established(lambda *a: str(kubectl(*a).stdout))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modeldeploy.cluster.waiting import wait_until
+from modeldeploy.cluster.waiting import wait_crd_established, wait_until
 
 from .conftest import CRDS, REPO, build
 from .test_argocd_health import argocd_health
@@ -33,7 +33,7 @@ def _as_yaml(objects: Any) -> str:
 def installed(kubectl: Any) -> None:
     """The CRD and the RBAC part of manifests/ applied for real (the Deployment is not: this test runs the operator)."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
+    wait_crd_established(lambda *a: str(kubectl(*a).stdout))
     rbac = [o for o in build() if o["kind"] in RBAC_KINDS]
     kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=_as_yaml(rbac))
 

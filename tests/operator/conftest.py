@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modeldeploy.cluster.waiting import wait_until
+from modeldeploy.cluster.waiting import wait_crd_established, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -26,7 +26,7 @@ CRDS = REPO / "crds"
 @pytest.fixture(scope="session")
 def crd(kubectl: Any) -> None:
     kubectl("apply", "-f", str(CRDS))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
+    wait_crd_established(lambda *a: str(kubectl(*a).stdout))
 
 
 def _free_port() -> int:

@@ -28,7 +28,7 @@ from modeldeploy.cluster.local import (
     default_state_root,
     find_binaries,
 )
-from modeldeploy.cluster.waiting import wait_until
+from modeldeploy.cluster.waiting import wait_crd_established, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,7 +86,7 @@ def real_cluster() -> Iterator[RealCluster]:
         }
         handle = RealCluster(local.name, local.kubeconfig, str(bin_dir / "kubectl"), env)
         handle.kubectl("apply", "-f", str(REPO / "crds"))
-        handle.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+        wait_crd_established(lambda *a: handle.kubectl(*a).stdout)
         yield handle
     finally:
         if not reuse:

@@ -32,3 +32,20 @@ def wait_until(
             seen = describe() if describe is not None else last
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last seen: {seen!r}")
         time.sleep(interval)
+
+
+MODELDEPLOYMENT_CRD = "modeldeployments.modeldeploy.dev"
+
+
+def wait_crd_established(kubectl_stdout: Callable[..., str], *, timeout: float = 60) -> None:
+    """Wait until the ModelDeployment CRD is Established, given a function that runs kubectl and returns stdout.
+
+    `kubectl wait --for=condition=Established` right after an apply fails outright ("accessor error") when the CRD
+    has no conditions yet, instead of waiting: seen once in a CI run.
+    """
+    jsonpath = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+    wait_until(
+        lambda: kubectl_stdout("get", "crd", MODELDEPLOYMENT_CRD, "-o", jsonpath).strip() == "True",
+        timeout=timeout,
+        what=f"CRD {MODELDEPLOYMENT_CRD} to be established",
+    )

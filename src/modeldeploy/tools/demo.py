@@ -30,6 +30,7 @@ from typing import Any
 
 from modeldeploy.cluster import realnode
 from modeldeploy.cluster.local import ClusterError, ClusterState, LocalCluster, find_binaries, process_start_time
+from modeldeploy.cluster.waiting import wait_crd_established
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "samples" / "digits-cnn.yaml"
@@ -80,7 +81,7 @@ class Demo:
     def install_and_run_operator(self, settings: dict[str, str] | None = None) -> None:
         say("the ModelDeployment CRD")
         self.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        self.run_kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+        wait_crd_established(self.run_kubectl)
         log = self.operator_log
         say(f"the operator, in the background (its log: {log})")
         for key, value in (settings or {}).items():
