@@ -30,6 +30,7 @@ from modeldeploy_operator import builders  # noqa: E402
 from modeldeploy_operator.settings import Settings  # noqa: E402
 
 from modeldeploy import contracts  # noqa: E402
+from modeldeploy.cluster.waiting import wait_crd_established  # noqa: E402
 from modeldeploy.spec import normalize  # noqa: E402
 
 # Small requests so that N=500 fits the three fake nodes at once (this measures the control loop, not packing).
@@ -194,7 +195,7 @@ def main() -> int:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(REPO / "operator")}
     try:
         kubectl(env, "apply", "-f", str(REPO / "crds"))
-        kubectl(env, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+        wait_crd_established(lambda *a: kubectl(env, *a))
         header = (
             f"{'N':>5} {'operator s':>11} {'floor s':>8} {'ratio':>6} {'op CPU s':>9} {'op peak RSS MB':>15}"
             f" {'op jobs done s':>15} {'floor jobs done s':>18}"

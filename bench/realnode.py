@@ -1,7 +1,9 @@
-"""The real node's numbers: seconds from `kubectl apply` to Ready for the digits sample (training included), and
-the memory the node costs the machine at idle (RSS of containerd, the kubelet, kube-proxy).
+"""The real node's numbers: seconds from `kubectl apply` to Ready for the digits sample (training included), how
+long a deleted serving pod still gets new connections (the drain window the pre-stop wait must cover), at rest and
+with every core busy, and the memory the node costs the machine at idle (RSS of containerd, the kubelet, kube-proxy).
 
     python bench/realnode.py --cluster NAME      # a cluster already up with --real-node (else one is started)
+    python bench/realnode.py --cluster NAME --deletions 10 --busy-processes 4
 
 Prints a table and the command that made it.
 """
@@ -10,17 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import re
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from modeldeploy.cluster import realnode
 from modeldeploy.cluster.local import ClusterState, LocalCluster, default_state_root
-from modeldeploy.cluster.waiting import wait_until
+from modeldeploy.cluster.waiting import wait_crd_established, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,10 +38,110 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _spin() -> None:
+    while True:
+        pass
+
+
+class Drain:
+    """Deletes serving pods one at a time and times, for each, how long until the EndpointSlice no longer lists it
+    as ready (the controller-manager's part) and until kube-proxy's rules no longer send new connections to it."""
+
+    def __init__(self, k: Any, ns: str, service: str, port: int) -> None:
+        self.k, self.ns, self.service, self.port = k, ns, service, port
+
+    def ready_ips(self) -> set[str]:
+        slices = json.loads(
+            self.k(
+                "get", "endpointslices", "-n", self.ns, "-l", f"kubernetes.io/service-name={self.service}", "-o", "json"
+            )
+        )["items"]
+        return {
+            address
+            for s in slices
+            for e in s.get("endpoints") or []
+            if e.get("conditions", {}).get("ready")
+            for address in e["addresses"]
+        }
+
+    def routed(self, ip: str) -> bool:
+        rules = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
+        # The rule's comment: "<namespace>/<service>[:<port name>] -> <pod IP>:<port>".
+        comment = re.compile(
+            rf'"{re.escape(self.ns)}/{re.escape(self.service)}(:[a-z0-9-]+)? -> {re.escape(ip)}:{self.port}"'
+        )
+        return any(line.startswith("-A KUBE-SVC-") and comment.search(line) for line in rules.splitlines())
+
+    def once(self, pods: list[dict[str, Any]], replicas: int) -> tuple[float, float]:
+        victim = pods[0]
+        ip = victim["status"]["podIP"]
+        wait_until(lambda: self.routed(ip), timeout=60, what=f"kube-proxy to route to {ip}")
+        started = time.monotonic()
+        self.k("delete", "pod", "-n", self.ns, victim["metadata"]["name"], "--wait=false")
+        endpoints_at = proxy_at = 0.0
+        while not (endpoints_at and proxy_at):
+            now = time.monotonic() - started
+            if not proxy_at and not self.routed(ip):
+                proxy_at = now
+            if not endpoints_at and ip not in self.ready_ips():
+                endpoints_at = time.monotonic() - started
+            if now > 120:
+                raise TimeoutError(f"pod {ip} still routed after 120 s")
+        wait_until(lambda: len(self.ready_ips()) >= replicas, timeout=180, what=f"{replicas} ready endpoints again")
+        return endpoints_at, proxy_at
+
+
+def measure_drain(drain: Drain, pods: Any, replicas: int, deletions: int, busy: int) -> list[tuple[str, str]]:
+    workers = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(busy)]
+    for w in workers:
+        w.start()
+    try:
+        times = [drain.once(pods(), replicas) for _ in range(deletions)]
+    finally:
+        for w in workers:
+            w.kill()
+    what = f"{busy} busy processes on {os.cpu_count()} cores" if busy else "at rest"
+    endpoints, proxy = [t[0] for t in times], [t[1] for t in times]
+    return [
+        (f"deleted pod still routed, {what} (n={deletions})", ""),
+        (
+            "  until the EndpointSlice drops it: median / max",
+            f"{statistics.median(endpoints):.2f} / {max(endpoints):.2f} s",
+        ),
+        ("  until kube-proxy stops routing: median / max", f"{statistics.median(proxy):.2f} / {max(proxy):.2f} s"),
+    ]
+
+
+def drain_rows(k: Any, ns: str, md: dict[str, Any], deletions: int, busy: int) -> list[tuple[str, str]]:
+    """The drain window on a NodePort Service over the sample's serving pods (kube-proxy answers it on 127.0.0.1)."""
+    name = md["metadata"]["name"]
+    replicas = md["spec"]["serving"].get("replicas", 1)
+    selector = json.loads(k("get", "service", name, "-n", ns, "-o", "json"))["spec"]["selector"]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": f"{name}-nodeport", "namespace": ns},
+        "spec": {"type": "NodePort", "selector": selector, "ports": [{"port": 8080, "targetPort": 8080}]},
+    }
+    k("apply", "-f", "-", input_text=json.dumps(service))
+    labels = ",".join(f"{key}={value}" for key, value in selector.items())
+
+    def pods() -> list[dict[str, Any]]:
+        items = json.loads(k("get", "pods", "-n", ns, "-l", labels, "-o", "json"))["items"]
+        return [p for p in items if not p["metadata"].get("deletionTimestamp") and p["status"].get("podIP")]
+
+    drain = Drain(k, ns, service["metadata"]["name"], 8080)
+    return [*measure_drain(drain, pods, replicas, deletions, 0), *measure_drain(drain, pods, replicas, deletions, busy)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cluster", default="", help="a cluster up with a real node (default: start rn-bench)")
     parser.add_argument("--idle-seconds", type=float, default=30, help="settle time before the idle reading")
+    parser.add_argument("--deletions", type=int, default=10, help="serving pods deleted per drain measurement")
+    parser.add_argument(
+        "--busy-processes", type=int, default=2 * (os.cpu_count() or 1), help="CPU spinners for the loaded measurement"
+    )
     args = parser.parse_args()
     name = args.cluster or "rn-bench"
     local = LocalCluster(name, real_node=True)
@@ -57,7 +163,7 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
     try:
         k("apply", "-f", str(REPO / "crds"))
-        k("wait", "--for=condition=Established", "-f", str(REPO / "crds"))
+        wait_crd_established(k)
         ns = f"bench-{os.getpid()}"
         k("create", "namespace", ns)
         wait_until(lambda: "default" in k("get", "sa", "-n", ns), timeout=30, what="the default ServiceAccount")
@@ -92,6 +198,8 @@ def main() -> None:
             rows.append(
                 ("  accuracy (from the trainer's report)", str(status.get("versions", [{}])[0].get("accuracy")))
             )
+            if args.deletions and status["phase"] == "Ready":
+                rows += drain_rows(k, ns, md, args.deletions, args.busy_processes)
         finally:
             operator.terminate()
             operator.wait(timeout=30)

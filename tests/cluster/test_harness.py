@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import textwrap
 
-from conftest import Kubectl
+import pytest
+from conftest import ClusterHandle, Kubectl
 
+from modeldeploy.cluster.portforward import PortForward, PortForwardError
 from modeldeploy.cluster.waiting import wait_until
 
 
@@ -256,3 +258,10 @@ def test_crd_serves_objects_with_status_and_scale(kubectl: Kubectl, namespace: s
     )
     assert scale["spec"]["replicas"] == 4 and scale["status"]["replicas"] == 1
     kubectl("delete", "crd", "widgets.harness.modeldeploy.dev", "--wait=false")
+
+
+def test_port_forward_to_a_missing_service_says_what_kubectl_said(
+    cluster: ClusterHandle, kubectl: Kubectl, namespace: str
+) -> None:
+    with pytest.raises(PortForwardError, match=r"service/nope did not start: .*not found"):
+        PortForward(cluster.kubectl_path, "service/nope", 8080, namespace=namespace, env=cluster.env)

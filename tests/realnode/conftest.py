@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from rn_support import Models, Operator, PortForward, RealCluster
+from rn_support import Models, Operator, RealCluster
 
 from modeldeploy.cluster import realnode
 from modeldeploy.cluster.local import (
@@ -28,6 +28,7 @@ from modeldeploy.cluster.local import (
     default_state_root,
     find_binaries,
 )
+from modeldeploy.cluster.portforward import PortForward
 from modeldeploy.cluster.waiting import wait_crd_established, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,7 +125,7 @@ def port_forward(real_cluster: RealCluster) -> Iterator[Callable[[str, str, int]
     opened: list[PortForward] = []
 
     def open_(namespace: str, target: str, port: int) -> PortForward:
-        forward = PortForward(real_cluster, namespace, target, port)
+        forward = PortForward(real_cluster.kubectl_path, target, port, namespace=namespace, env=real_cluster.env)
         opened.append(forward)
         return forward
 

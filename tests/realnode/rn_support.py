@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -117,27 +116,3 @@ class Models:
     def _describe(self, name: str) -> str:
         pods = self.kubectl("get", "pods", "-o", "wide", check=False).stdout
         return f"status={self.status(name)}\npods:\n{pods}\noperator log tail:\n{self.operator.log()[-2000:]}"
-
-
-class PortForward:
-    """`kubectl port-forward` to 127.0.0.1 on a free port; `url` is where it listens."""
-
-    def __init__(self, cluster: RealCluster, namespace: str, target: str, port: int) -> None:
-        self.proc = subprocess.Popen(
-            [cluster.kubectl_path, "port-forward", "-n", namespace, target, f":{port}", "--address", "127.0.0.1"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=cluster.env,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.search(r"127\.0\.0\.1:(\d+)", line)
-        if not match:
-            self.close()
-            raise AssertionError(f"kubectl port-forward {target} did not start: {line}")
-        self.url = f"http://127.0.0.1:{match.group(1)}"
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rn_support import Models, PortForward, RealCluster
+from rn_support import Models, RealCluster
 
 from modeldeploy.cluster import realnode
+from modeldeploy.cluster.portforward import PortForward
 from modeldeploy.cluster.waiting import wait_until
 
 pytestmark = [pytest.mark.realnode, pytest.mark.slow]

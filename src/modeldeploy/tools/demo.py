@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -30,6 +29,7 @@ from typing import Any
 
 from modeldeploy.cluster import realnode
 from modeldeploy.cluster.local import ClusterError, ClusterState, LocalCluster, find_binaries, process_start_time
+from modeldeploy.cluster.portforward import PortForward
 from modeldeploy.cluster.waiting import wait_crd_established
 
 REPO = Path(__file__).resolve().parents[3]
@@ -166,7 +166,7 @@ class RealNodeDemo(Demo):
     def __init__(self, name: str, sample: Path, timeout: float, bin_dir: Path) -> None:
         super().__init__(name, sample, timeout, real_node=True, bin_dir=bin_dir)
         self.started_docker = False
-        self.port_forward: subprocess.Popen[str] | None = None
+        self.port_forward: PortForward | None = None
 
     def images(self) -> None:
         """The training and serving images in the local Docker engine: dockerd started and the images built if
@@ -244,19 +244,8 @@ class RealNodeDemo(Demo):
         from modeldeploy.tools import client  # noqa: PLC0415
 
         say("kubectl port-forward service/digits (127.0.0.1 only), then held-out digits through the V2 client")
-        self.port_forward = subprocess.Popen(
-            [self.kubectl, "port-forward", "service/digits", ":8080", "--address", "127.0.0.1"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env,
-        )
-        assert self.port_forward.stdout is not None
-        first = self.port_forward.stdout.readline()
-        match = re.search(r"127\.0\.0\.1:(\d+)", first)
-        if not match:
-            raise RuntimeError(f"kubectl port-forward did not start: {first.strip()}")
-        url = f"http://127.0.0.1:{match.group(1)}"
+        self.port_forward = PortForward(self.kubectl, "service/digits", 8080, env=self.env)
+        url = self.port_forward.url
         endpoint = client.parse_endpoint(url, "digits")
         deadline = time.monotonic() + 30
         while not client.is_ready(endpoint):
@@ -280,9 +269,8 @@ class RealNodeDemo(Demo):
         return right
 
     def down(self) -> None:
-        if self.port_forward is not None and self.port_forward.poll() is None:
-            self.port_forward.terminate()
-            self.port_forward.wait(timeout=10)
+        if self.port_forward is not None:
+            self.port_forward.close()
         self.stop_operator()
         say(f"stopping the cluster {self.cluster.name} and its real node (pods, containerd, network, cgroups)")
         try:
