@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,8 @@ def _spin() -> None:
 
 class Drain:
     """Deletes serving pods one at a time and times, for each, how long until the EndpointSlice no longer lists it
-    as ready (the controller-manager's part) and until kube-proxy's rules no longer send new connections to it."""
+    as ready (the controller-manager's part), until kube-proxy's rules no longer send new connections to it, and
+    until the pod itself stops accepting connections (the pre-stop wait): the last must come after the second."""
 
     def __init__(self, k: Any, ns: str, service: str, port: int) -> None:
         self.k, self.ns, self.service, self.port = k, ns, service, port
@@ -72,23 +74,37 @@ class Drain:
         )
         return any(line.startswith("-A KUBE-SVC-") and comment.search(line) for line in rules.splitlines())
 
-    def once(self, pods: list[dict[str, Any]], replicas: int) -> tuple[float, float]:
+    def accepts(self, ip: str) -> bool:
+        """False once the pod refuses connections (its server closed its socket). A connect that times out is not a
+        refusal: a SYN lost while kube-proxy rewrites its rules is retried by every client."""
+        try:
+            socket.create_connection((ip, self.port), timeout=5).close()
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            return True
+        return True
+
+    def once(self, pods: list[dict[str, Any]], replicas: int) -> tuple[float, float, float]:
         victim = pods[0]
         ip = victim["status"]["podIP"]
         wait_until(lambda: self.routed(ip), timeout=60, what=f"kube-proxy to route to {ip}")
         started = time.monotonic()
         self.k("delete", "pod", "-n", self.ns, victim["metadata"]["name"], "--wait=false")
-        endpoints_at = proxy_at = 0.0
-        while not (endpoints_at and proxy_at):
+        endpoints_at = proxy_at = closed_at = 0.0
+        while not (endpoints_at and proxy_at and closed_at):
             now = time.monotonic() - started
+            if not closed_at and not self.accepts(ip):
+                closed_at = now
             if not proxy_at and not self.routed(ip):
                 proxy_at = now
             if not endpoints_at and ip not in self.ready_ips():
                 endpoints_at = time.monotonic() - started
             if now > 120:
                 raise TimeoutError(f"pod {ip} still routed after 120 s")
+            time.sleep(0.02)
         wait_until(lambda: len(self.ready_ips()) >= replicas, timeout=180, what=f"{replicas} ready endpoints again")
-        return endpoints_at, proxy_at
+        return endpoints_at, proxy_at, closed_at
 
 
 def measure_drain(drain: Drain, pods: Any, replicas: int, deletions: int, busy: int) -> list[tuple[str, str]]:
@@ -101,7 +117,8 @@ def measure_drain(drain: Drain, pods: Any, replicas: int, deletions: int, busy: 
         for w in workers:
             w.kill()
     what = f"{busy} busy processes on {os.cpu_count()} cores" if busy else "at rest"
-    endpoints, proxy = [t[0] for t in times], [t[1] for t in times]
+    endpoints, proxy, closed = ([t[i] for t in times] for i in range(3))
+    margin = [c - p for _, p, c in times]
     return [
         (f"deleted pod still routed, {what} (n={deletions})", ""),
         (
@@ -109,6 +126,8 @@ def measure_drain(drain: Drain, pods: Any, replicas: int, deletions: int, busy: 
             f"{statistics.median(endpoints):.2f} / {max(endpoints):.2f} s",
         ),
         ("  until kube-proxy stops routing: median / max", f"{statistics.median(proxy):.2f} / {max(proxy):.2f} s"),
+        ("  until the pod stops accepting: median / max", f"{statistics.median(closed):.2f} / {max(closed):.2f} s"),
+        ("  margin (stops accepting - stops routed): min", f"{min(margin):.2f} s"),
     ]
 
 

@@ -26,10 +26,10 @@ DEFAULT_TRAINING_RESOURCES: Final[dict[str, Any]] = {
     "limits": {"memory": "4Gi"},
 }
 SHUTDOWN_GRACE_SECONDS: Final = 20
-# A pod being deleted still gets traffic until kube-proxy and the endpoints controller have seen it go; the server
-# stops accepting at SIGTERM, so the kubelet holds SIGTERM back for this long (the native sleep action: no binary
-# needed in the image).
-PRESTOP_SLEEP_SECONDS: Final = 5
+# A pod being deleted still gets new connections until the endpoints controller and kube-proxy have seen it go; the
+# server stops accepting at SIGTERM, so the kubelet holds SIGTERM back for spec.serving.drainSeconds (the native sleep
+# action: no binary needed in the image). bench/realnode.py measures that propagation and the margin left.
+DEFAULT_DRAIN_SECONDS: Final = 15
 
 
 def config_hash(manifest: dict[str, Any]) -> str:
@@ -279,6 +279,7 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
     port = int(serving.get("port", 8080))
     grpc_port = int(serving.get("grpcPort", 8081))
     version = str(served["version"])
+    drain = int(serving.get("drainSeconds", DEFAULT_DRAIN_SECONDS))
     env = {
         "MODELDEPLOY_MODEL_DIR": f"{contracts.ARTIFACT_MOUNT}/{served['path']}",
         "MODELDEPLOY_MODEL_NAME": model,
@@ -316,7 +317,7 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
             "periodSeconds": 2,
             "failureThreshold": 60,
         },
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        **({"lifecycle": {"preStop": {"sleep": {"seconds": drain}}}} if drain else {}),
         "resources": copy.deepcopy(serving.get("resources") or DEFAULT_SERVING_RESOURCES),
         "securityContext": restricted_container_security(),
         "volumeMounts": [
@@ -326,7 +327,7 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
     }
     pod_spec: dict[str, Any] = {
         "securityContext": restricted_pod_security(settings),
-        "terminationGracePeriodSeconds": PRESTOP_SLEEP_SECONDS + SHUTDOWN_GRACE_SECONDS + 10,
+        "terminationGracePeriodSeconds": drain + SHUTDOWN_GRACE_SECONDS + 10,
         "automountServiceAccountToken": False,
         "containers": [container],
         "volumes": [

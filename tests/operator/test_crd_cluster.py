@@ -79,6 +79,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("opset-too-new", _with("compression.opset", 21), "spec.compression.opset"),
     ("negative-replicas", _with("serving.replicas", -1), "spec.serving.replicas"),
     ("privileged-port", _with("serving.port", 80), "spec.serving.port"),
+    ("drain-above-five-minutes", _with("serving.drainSeconds", 301), "spec.serving.drainSeconds"),
     (
         "same-http-and-grpc-port",
         _with("serving", {"port": 9000, "grpcPort": 9000}),
