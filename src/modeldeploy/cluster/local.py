@@ -457,14 +457,20 @@ class LocalCluster:
     def kubectl(self, *args: str, input_text: str | None = None, bin_dir: str | None = None) -> str:
         state = ClusterState.load(self.directory)
         binary = str(Path(bin_dir or (state.bin_dir if state else "")) / "kubectl")
-        result = subprocess.run(
-            [binary, f"--kubeconfig={self.kubeconfig}", *args],
-            input=input_text,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
+        try:
+            result = subprocess.run(
+                [binary, f"--kubeconfig={self.kubeconfig}", *args],
+                input=input_text,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=120,
+            )
+        except subprocess.TimeoutExpired as err:
+            raise ClusterError(
+                f"kubectl {' '.join(args)} got no answer within {err.timeout:g} s: is the API server overloaded? "
+                f"(its log: {self.directory / 'logs' / 'kube-apiserver.log'})"
+            ) from err
         if result.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
