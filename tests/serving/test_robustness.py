@@ -18,6 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modeldeploy.cluster.waiting import wait_until
+
 from .conftest import ServerProcess, start_server
 
 DATATYPES = ["FP32", "FP64", "FP16", "INT64", "INT32", "INT8", "UINT8", "BOOL", "BYTES", "float", ""]
@@ -150,25 +152,41 @@ def in_flight(server: ServerProcess) -> float:
 
 def test_sigterm_finishes_requests_in_flight_then_exits(models: dict[str, Path]) -> None:
     server = start_server(models["slow"], "--shutdown-grace-seconds", "30", "--max-batch-size", "64")
-    # 256 rows of 40 layers 512x512: each request keeps onnxruntime busy for about a second.
-    x = np.random.default_rng(0).normal(size=(256, 512)).astype(np.float32)
-    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [256, 512], "data": x.ravel().tolist()}]}
+    # 512 rows of 40 layers 512x512 (10 GFLOP): each request keeps onnxruntime busy for a good part of a second.
+    # Binary tensors, so that all four bodies are in within milliseconds: with JSON, decoding a request costs about
+    # as much as running one, and the first could finish before the fourth is in.
+    x = np.random.default_rng(0).normal(size=(512, 512)).astype(np.float32)
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "input", "datatype": "FP32", "shape": [512, 512], "parameters": {"binary_data_size": x.nbytes}}
+            ],
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
 
     def call(_: int) -> httpx.Response:
-        return httpx.post(f"{server.url}/v2/models/slow/infer", json=body, timeout=60)
+        return httpx.post(
+            f"{server.url}/v2/models/slow/infer",
+            content=header + x.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(header))},
+            timeout=60,
+        )
 
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(call, i) for i in range(4)]
-        deadline = time.monotonic() + 30
-        while in_flight(server) < 4:  # all four are inside the server (decoding, queued or running)
-            assert time.monotonic() < deadline, "requests never got in flight"
+        # All four inside the server (reading, queued or running) before the signal.
+        wait_until(lambda: in_flight(server) >= 4, timeout=30, what="four requests in flight", interval=0.01)
         server.process.terminate()
         assert server.wait_for_line("not ready any more")
         with contextlib.suppress(httpx.TransportError):  # a closed listener is not ready either
             assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
         responses = [f.result() for f in futures]
-    assert [r.status_code for r in responses] == [200] * 4
-    assert all(r.json()["outputs"][0]["shape"] == [256, 512] for r in responses)
+    assert [r.status_code for r in responses] == [200] * 4, [r.text[:200] for r in responses]
+    for response in responses:
+        length = int(response.headers["Inference-Header-Content-Length"])
+        assert json.loads(response.content[:length])["outputs"][0]["shape"] == [512, 512]
+        assert len(response.content) - length == 512 * 512 * 4
     assert server.process.wait(timeout=30) == 0
     assert server.wait_for_line("stopped")
 
