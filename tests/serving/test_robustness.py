@@ -197,9 +197,7 @@ def test_shutdown_is_bounded_by_the_grace_period(models: dict[str, Path]) -> Non
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [3000, 512], "data": x.ravel().tolist()}]}
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(lambda: httpx.post(f"{server.url}/v2/models/slow/infer", json=body, timeout=60))
-        deadline = time.monotonic() + 30
-        while in_flight(server) < 1:
-            assert time.monotonic() < deadline
+        wait_until(lambda: in_flight(server) >= 1, timeout=30, what="the request in flight", interval=0.01)
         started = time.monotonic()
         server.process.terminate()
         server.process.wait(timeout=15)
