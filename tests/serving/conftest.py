@@ -87,6 +87,20 @@ class ServerProcess:
             return self.process.wait()
 
 
+_started: list[ServerProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_server_outlives_its_test() -> Iterator[None]:
+    """A test that fails before stopping the server it started must not leave the process running (the session
+    and module fixtures' servers start before this fixture, so they are left to their own teardown)."""
+    before = len(_started)
+    yield
+    for server in _started[before:]:
+        server.stop(timeout=10)
+    del _started[before:]
+
+
 def start_server(model_dir: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> ServerProcess:
     """Start the server on 127.0.0.1 free ports and (by default) wait for its "ready" log line."""
     http_port, grpc_port = free_port(), free_port()
@@ -109,6 +123,7 @@ def start_server(model_dir: Path, *args: str, env: dict[str, str] | None = None,
     child_env.update(env or {})
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=child_env)
     server = ServerProcess(process, http_port, grpc_port)
+    _started.append(server)
     threading.Thread(target=server._read, daemon=True).start()
     if wait and not server.wait_for_line(READY_LINE):
         raise RuntimeError(f"server exited with {process.wait()} before it was ready:\n{server.log}")
