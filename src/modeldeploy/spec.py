@@ -16,6 +16,7 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
+CRD_NAME = f"{PLURAL}.{GROUP}"
 
 
 class InstallationError(RuntimeError):

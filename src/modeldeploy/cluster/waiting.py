@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from modeldeploy.spec import CRD_NAME
+
 T = TypeVar("T")
 
 
@@ -34,9 +36,6 @@ def wait_until(
         time.sleep(interval)
 
 
-MODELDEPLOYMENT_CRD = "modeldeployments.modeldeploy.dev"
-
-
 def wait_crd_established(kubectl_stdout: Callable[..., str], *, timeout: float = 60) -> None:
     """Wait until the ModelDeployment CRD is Established, given a function that runs kubectl and returns stdout.
 
@@ -45,7 +44,7 @@ def wait_crd_established(kubectl_stdout: Callable[..., str], *, timeout: float =
     """
     jsonpath = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
     wait_until(
-        lambda: kubectl_stdout("get", "crd", MODELDEPLOYMENT_CRD, "-o", jsonpath).strip() == "True",
+        lambda: kubectl_stdout("get", "crd", CRD_NAME, "-o", jsonpath).strip() == "True",
         timeout=timeout,
-        what=f"CRD {MODELDEPLOYMENT_CRD} to be established",
+        what=f"CRD {CRD_NAME} to be established",
     )
