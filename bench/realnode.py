@@ -82,7 +82,7 @@ class Drain:
         except ConnectionRefusedError:
             return False
         except OSError:
-            return True
+            pass
         return True
 
     def once(self, pods: list[dict[str, Any]], replicas: int) -> tuple[float, float, float]:
@@ -99,7 +99,7 @@ class Drain:
             if not proxy_at and not self.routed(ip):
                 proxy_at = now
             if not endpoints_at and ip not in self.ready_ips():
-                endpoints_at = time.monotonic() - started
+                endpoints_at = now
             if now > 120:
                 raise TimeoutError(f"pod {ip} still routed after 120 s")
             time.sleep(0.02)
