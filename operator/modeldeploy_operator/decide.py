@@ -77,8 +77,26 @@ def version_entry(report: contracts.TrainingReport, short_hash: str, job: str) -
     for key in ("sizeBytes", "fp32SizeBytes"):
         if isinstance(fields.get(key), int):
             entry[key] = int(fields[key])
+    tflite = _tflite_entry(fields.get("tflite"))
+    if tflite:
+        entry["tflite"] = tflite
     entry.setdefault("path", f"{job.rsplit('-train-', 1)[0]}/{report.version}")
     return entry
+
+
+def _tflite_entry(value: Any) -> dict[str, Any]:
+    """The report's `tflite` (spec.compression.formats with tflite), kept to the fields and types the CRD has."""
+    if not isinstance(value, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key in ("quantization", "sha256", "failureReason", "message"):
+        if isinstance(value.get(key), str):
+            out[key] = value[key]
+    if isinstance(value.get("accuracy"), int | float):
+        out["accuracy"] = float(value["accuracy"])
+    if isinstance(value.get("sizeBytes"), int):
+        out["sizeBytes"] = int(value["sizeBytes"])
+    return out
 
 
 def _final_pod(pods: list[PodState]) -> PodState | None:
@@ -429,7 +447,7 @@ def _training_status(entry: dict[str, Any]) -> dict[str, Any]:
 
 def _compression_status(entry: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"requested": spec["compression"].get("quantization", "auto")}
-    for key in ("quantization", "accuracy", "sizeBytes", "fp32SizeBytes"):
+    for key in ("quantization", "accuracy", "sizeBytes", "fp32SizeBytes", "tflite"):
         if key in entry:
             out[key] = entry[key]
     return out

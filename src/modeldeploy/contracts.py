@@ -15,6 +15,7 @@ from typing import Any, Final
 
 MODEL_CARD_SCHEMA: Final = "modeldeploy.dev/model-card/v1"
 MODEL_FILE: Final = "model.onnx"
+TFLITE_FILE: Final = "model.tflite"
 MODEL_CARD_FILE: Final = "model.json"
 SOURCE_DIR: Final = "source"
 TMP_PREFIX: Final = ".tmp-"
@@ -45,6 +46,10 @@ FAILURE_REASONS: Final = frozenset(
 )
 
 CANDIDATE_NAMES: Final = ("fp32", "dynamic-int8", "dynamic-uint8", "dynamic-matmul", "static-qdq", "fp16")
+# The artifacts a version may hold (spec.compression.formats): onnx always, tflite when asked for.
+FORMATS: Final = ("onnx", "tflite")
+DEFAULT_FORMATS: Final = ("onnx",)
+TFLITE_CANDIDATE_NAMES: Final = ("float32", "float16", "dynamic-int8", "full-int8")
 
 
 class ContractError(ValueError):
@@ -75,7 +80,23 @@ def spec_hash(spec: dict[str, Any]) -> str:
                 "backoffLimit",
             }
         }
+    # formats came after the first versions: the default [onnx] hashes as its absence, so an existing spec keeps its
+    # version (and is not retrained) when the operator that knows formats takes over.
+    compression = relevant.get("compression")
+    if isinstance(compression, dict) and list(compression.get("formats", DEFAULT_FORMATS)) == list(DEFAULT_FORMATS):
+        relevant["compression"] = {k: v for k, v in compression.items() if k != "formats"}
     return hashlib.sha256(canonical_json(relevant).encode()).hexdigest()
+
+
+def requested_formats(spec: dict[str, Any]) -> tuple[str, ...]:
+    """spec.compression.formats, checked (the CRD checks it too; a spec given to `modeldeploy train` may not be)."""
+    value = (spec.get("compression") or {}).get("formats", list(DEFAULT_FORMATS))
+    if not isinstance(value, list) or not value or any(f not in FORMATS for f in value) or "onnx" not in value:
+        raise ContractError(
+            f"spec.compression.formats {value!r} is not a list of {', '.join(FORMATS)} that includes onnx; "
+            "use [onnx] or [onnx, tflite]"
+        )
+    return tuple(f for f in FORMATS if f in value)
 
 
 def model_version(spec_digest: str, data_fingerprint: str | None) -> str:

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 PARITY_MAX_ABS_DIFF = 1e-4
 MODEL_FILES = {"model.keras": "keras", "model.h5": "h5", "saved_model": "savedmodel", "model.onnx": "onnx"}
 RANDOM_PROBE_SAMPLES = 64
+# The TFLite failure's message in the 4 KB report; the model card keeps all of it.
+TFLITE_REPORT_MESSAGE_LIMIT = 400
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ def run_job(manifest: dict[str, Any], options: Options) -> dict[str, Any]:
     comp = spec.get("compression") or {}
     requested = str(comp.get("quantization", "auto"))
     compression.candidate_names(requested)  # an unknown value fails before any work
+    try:
+        contracts.requested_formats(spec)
+    except contracts.ContractError as err:
+        raise InvalidSpec(str(err)) from err
     digest = contracts.spec_hash(spec)
     training = spec.get("training")
     plan: ImportPlan | None = None
@@ -108,7 +114,7 @@ def run_job(manifest: dict[str, Any], options: Options) -> dict[str, Any]:
             )
         else:
             prepared = prepare_import(plan, int(comp.get("opset", 17)), writer.tmp / contracts.SOURCE_DIR)
-        card = compress_and_describe(prepared, comp, writer)
+        card = compress_and_describe(prepared, comp, writer, contracts.requested_formats(spec))
         card.update(
             schema=contracts.MODEL_CARD_SCHEMA,
             name=name,
@@ -194,7 +200,12 @@ def train_builtin(training: dict[str, Any], data_root: Path, source_dir: Path, o
     predict = tfmodels.keras_predict(model)
     source_accuracy = compression.accuracy(predict(x_test), parts.y_test)
     log.info("trained in %.1f s: held-out accuracy %.4f on %d samples", duration, source_accuracy, len(x_test))
-    source = tfmodels.SourceModel(tfmodels.keras_to_onnx(model, opset), predict, tfmodels.save_keras(model))
+    source = tfmodels.SourceModel(
+        onnx_model=tfmodels.keras_to_onnx(model, opset),
+        predict=predict,
+        save_source=tfmodels.save_keras(model),
+        tflite_converter=tfmodels.keras_tflite_converter(model),
+    )
     source.save_source(source_dir)
     return Prepared(
         source=source,
@@ -308,8 +319,14 @@ def random_probe(model: Any) -> npt.NDArray[np.float32]:
     return np.random.default_rng(0).random((RANDOM_PROBE_SAMPLES, *shape), dtype=np.float32)
 
 
-def compress_and_describe(prepared: Prepared, comp: dict[str, Any], writer: artifact.VersionWriter) -> dict[str, Any]:
-    """Parity, the candidates, the choice; writes model.onnx and returns the card without its identity fields."""
+def compress_and_describe(
+    prepared: Prepared,
+    comp: dict[str, Any],
+    writer: artifact.VersionWriter,
+    formats: tuple[str, ...] = contracts.DEFAULT_FORMATS,
+) -> dict[str, Any]:
+    """Parity, the candidates, the choice; writes model.onnx (and model.tflite when formats has tflite) and returns
+    the card without its identity fields."""
     requested = str(comp.get("quantization", "auto"))
     max_drop = float(comp.get("maxAccuracyDrop", 0.01))
     max_ratio = float(comp.get("maxLatencyRatio", 1.25))
@@ -409,6 +426,19 @@ def compress_and_describe(prepared: Prepared, comp: dict[str, Any], writer: arti
             "candidates": [c.card() for c in candidates],
         },
     }
+    if "tflite" in formats:
+        from modeldeploy_training import tflite  # noqa: PLC0415  (the LiteRT interpreter only when asked for)
+
+        card["tflite"] = tflite.make(
+            getattr(prepared.source, "tflite_converter", None),
+            requested=requested,
+            max_drop=max_drop,
+            x_eval=prepared.x_eval,
+            y_ref=y_ref,
+            source_accuracy=source_accuracy,
+            calibration=prepared.calibration,
+            out_path=writer.tmp / contracts.TFLITE_FILE,
+        )
     if prepared.labels:
         card["labels"] = prepared.labels
     if prepared.preprocessing:
@@ -446,7 +476,7 @@ def success_report(card: dict[str, Any], name: str, version: str, *, reused: boo
     sizes = {c.get("name"): c.get("sizeBytes") for c in candidates}
     metrics = card.get("metrics") or {}
     files = card.get("files") or {}
-    return {
+    report: dict[str, Any] = {
         "ok": True,
         "version": version,
         "path": f"{name}/{version}",
@@ -461,6 +491,25 @@ def success_report(card: dict[str, Any], name: str, version: str, *, reused: boo
         "candidates": [
             {k: c.get(k) for k in ("name", "accuracy", "sizeBytes", "latencyRatio", "accepted")} for c in candidates
         ],
+    }
+    tflite = _tflite_report(card.get("tflite"))
+    if tflite is not None:
+        report["tflite"] = tflite
+    return report
+
+
+def _tflite_report(section: Any) -> dict[str, Any] | None:
+    """The report's (and so the status') short form of the card's `tflite` section."""
+    if not isinstance(section, dict):
+        return None
+    if "failureReason" in section:
+        message = " ".join(str(section.get("message", "")).split())
+        return {"failureReason": section["failureReason"], "message": message[:TFLITE_REPORT_MESSAGE_LIMIT]}
+    return {
+        "quantization": section.get("chosen"),
+        "accuracy": section.get("accuracy"),
+        "sizeBytes": section.get("sizeBytes"),
+        "sha256": section.get("sha256"),
     }
 
 

@@ -37,6 +37,8 @@ class SourceModel:
     onnx_model: Any
     predict: Predict | None  # None when the source is ONNX itself (parity is then exact by construction)
     save_source: Callable[[Path], None]
+    # A fresh tf.lite.TFLiteConverter for the same model (spec.compression.formats with tflite).
+    tflite_converter: Callable[[], Any] | None = None
 
 
 def prepare_inputs(recipe: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -196,6 +198,7 @@ def load_keras(path: Path, opset: int) -> SourceModel:
         onnx_model=keras_to_onnx(model, opset),
         predict=keras_predict(model),
         save_source=lambda dest: _copy(shutil.copyfile, path, dest / target),
+        tflite_converter=keras_tflite_converter(model),
     )
 
 
@@ -230,7 +233,16 @@ def load_saved_model(path: Path, opset: int) -> SourceModel:
         onnx_model=_convert(serve, opset),
         predict=predict,
         save_source=lambda dest: _copy(shutil.copytree, path, dest / "saved_model"),
+        tflite_converter=lambda: tf.lite.TFLiteConverter.from_saved_model(
+            str(path), signature_keys=["serving_default"]
+        ),
     )
+
+
+def keras_tflite_converter(model: Any) -> Callable[[], Any]:
+    """TensorFlow's converter on the Keras model itself (from a tf.function, it keeps the weights as variables that
+    its calibration cannot read)."""
+    return lambda: tf.lite.TFLiteConverter.from_keras_model(model)
 
 
 def _copy(copier: Callable[[Path, Path], Any], src: Path, dest: Path) -> None:
