@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "serve": "modeldeploy_serving.cli",
     "run": "modeldeploy.run",
     "predict": "modeldeploy.predict",
+    "pull": "modeldeploy.pull",
 }
 
 

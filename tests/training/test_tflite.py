@@ -13,6 +13,7 @@ import pytest
 from modeldeploy_training import data, tflite
 
 from modeldeploy import contracts
+from modeldeploy.cli import main
 
 from .conftest import Run, digits_spec, run_train
 
@@ -159,3 +160,12 @@ def test_formats_without_onnx_is_an_invalid_spec(tmp_path: Path) -> None:
     run = run_train(tmp_path, digits_spec(compression={"formats": ["tflite"]}))
     assert run.code == 1 and run.report["reason"] == "InvalidSpec"
     assert "spec.compression.formats" in run.report["message"]
+
+
+def test_pull_copies_the_trained_tflite_out_and_it_classifies(digits_tflite: Run, tmp_path: Path) -> None:
+    out = tmp_path / "device" / "digits.tflite"
+    assert main(["pull", "digits", "--format", "tflite", "--from", str(digits_tflite.output), "-o", str(out)]) == 0
+    assert out.read_bytes() == (digits_tflite.version_dir / contracts.TFLITE_FILE).read_bytes()
+    x, y = held_out_digits()
+    accuracy = float(np.mean(tflite.predict(out.read_bytes(), x).argmax(1) == y))
+    assert accuracy == pytest.approx(digits_tflite.card()["tflite"]["accuracy"], abs=1e-6)

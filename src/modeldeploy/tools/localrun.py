@@ -133,6 +133,36 @@ def summarize(report: dict[str, Any]) -> str:
     )
 
 
+def candidate_lines(card: dict[str, Any]) -> list[str]:
+    """Every candidate of every format, one line each (the chosen ones marked *), from the model card."""
+    rows: list[tuple[str, dict[str, Any], bool]] = []
+    comp = card.get("compression") or {}
+    rows += [("onnx", c, c.get("name") == comp.get("chosen")) for c in comp.get("candidates") or []]
+    tflite = card.get("tflite") or {}
+    rows += [("tflite", c, c.get("name") == tflite.get("chosen")) for c in tflite.get("candidates") or []]
+    if not rows:
+        return []
+    lines = [f"  {'format':<7} {'candidate':<15} {'bytes':>8} {'accuracy':>9}  {'latency x fp32':>14}  verdict"]
+    for fmt, c, chosen in rows:
+        accuracy = f"{c['accuracy']:.4f}" if isinstance(c.get("accuracy"), int | float) else "-"
+        ratio = f"{c['latencyRatio']:.2f}" if isinstance(c.get("latencyRatio"), int | float) else "-"
+        verdict = "accepted" if c.get("accepted") else f"rejected: {c.get('rejectedBecause')}"
+        lines.append(
+            f"{'*' if chosen else ' '} {fmt:<7} {c.get('name', '?'):<15} {c.get('sizeBytes') or 0:>8} {accuracy:>9}  "
+            f"{ratio:>14}  {verdict}"
+        )
+    return lines
+
+
+def tflite_summary(section: dict[str, Any], version_dir: Path) -> str:
+    if "failureReason" in section:
+        return f"no {contracts.TFLITE_FILE} ({section['failureReason']}): {section.get('message')}"
+    return (
+        f"{section.get('reason')}; {version_dir / str(section.get('file', contracts.TFLITE_FILE))} "
+        f"({section.get('sizeBytes')} bytes, {section.get('quantization')})"
+    )
+
+
 async def serve_and_predict(
     settings: Any, endpoint: client.Endpoint, sample: Sample | None, options: RunOptions, progress: Progress
 ) -> int:
@@ -185,9 +215,14 @@ def run_locally(options: RunOptions, out: TextIO = sys.stdout) -> int:
     version_dir = options.output / str(report["path"])
     progress.step(f"trained and compressed in {report.get('durationSeconds', 0):.1f}s: {summarize(report)}")
     card = contracts.read_model_card(version_dir) or {}
+    for line in candidate_lines(card):
+        progress.out.write(f"{'':9}{line}\n")
     candidates = (card.get("compression") or {}).get("reason")
     if candidates:
         progress.step(f"compression: {candidates}")
+    tflite = card.get("tflite")
+    if isinstance(tflite, dict):
+        progress.step(f"tflite: {tflite_summary(tflite, version_dir)}")
 
     from modeldeploy_serving.errors import SettingsError  # noqa: PLC0415
     from modeldeploy_serving.server import configure_logging  # noqa: PLC0415
