@@ -27,6 +27,7 @@ def test_run_shows_tflite_candidates_and_pull_copies_the_file(tmp_path: Path) ->
     rows = {tuple(m.groups()) for m in re.finditer(r"^\s+\*?\s*(onnx|tflite)\s+(\S+)\s+\d+", result.stdout, re.M)}
     assert {("tflite", name) for name in contracts.TFLITE_CANDIDATE_NAMES} <= rows
     assert ("onnx", "fp32") in rows
+    assert "compression auto within 0.01 accuracy; also tflite)" in result.stdout
     assert re.search(r"\] tflite: \S+ is the smallest TFLite variant within maxAccuracyDrop 0.01", result.stdout)
     assert "prediction for sample" in result.stdout  # the ONNX model is served as before
 

@@ -80,7 +80,9 @@ def describe_training(manifest: dict[str, Any]) -> str:
         what = f"recipe {training.get('recipe')} on {data}, {training.get('epochs')} epochs"
     else:
         what = f"import of {md_spec['importModel'].get('path')}"
-    return f"{what}; compression {comp.get('quantization')} within {comp.get('maxAccuracyDrop')} accuracy"
+    formats = comp.get("formats") or ["onnx"]
+    also = f"; also {', '.join(f for f in formats if f != 'onnx')}" if len(formats) > 1 else ""
+    return f"{what}; compression {comp.get('quantization')} within {comp.get('maxAccuracyDrop')} accuracy{also}"
 
 
 def train(manifest: dict[str, Any], options: RunOptions) -> dict[str, Any]:
