@@ -77,6 +77,10 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-quantization", _with("compression.quantization", "int4"), "spec.compression.quantization"),
     ("accuracy-drop-above-one", _with("compression.maxAccuracyDrop", 2), "spec.compression.maxAccuracyDrop"),
     ("opset-too-new", _with("compression.opset", 21), "spec.compression.opset"),
+    ("formats-without-onnx", _with("compression.formats", ["tflite"]), "spec.compression.formats must include onnx"),
+    ("unknown-format", _with("compression.formats", ["onnx", "coreml"]), "spec.compression.formats"),
+    ("duplicate-format", _with("compression.formats", ["onnx", "onnx"]), "spec.compression.formats"),
+    ("old-format-field-tflite", _with("compression.format", "tflite"), "spec.compression.format"),
     ("negative-replicas", _with("serving.replicas", -1), "spec.serving.replicas"),
     ("privileged-port", _with("serving.port", 80), "spec.serving.port"),
     ("drain-above-five-minutes", _with("serving.drainSeconds", 301), "spec.serving.drainSeconds"),
@@ -151,6 +155,7 @@ def test_samples_are_accepted_and_defaulted(kubectl: Any, namespace: str, crd: N
     stored = yaml.safe_load(result.stdout)
     assert stored["spec"]["serving"]["port"] == 8080
     assert stored["spec"]["compression"]["format"] == "onnx"
+    assert "onnx" in stored["spec"]["compression"]["formats"]
     assert stored["spec"]["retainVersions"] >= 1
 
 
