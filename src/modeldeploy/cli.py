@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
             "start here:\n"
             "  modeldeploy run samples/digits-cnn.yaml          try a spec on this machine (train, compress, serve)\n"
             "  modeldeploy predict --model digits digit.png     ask the served model\n"
+            "  modeldeploy pull digits --format tflite          copy a version's model.tflite out, verified\n"
             "  modeldeploy cluster up                           a local control plane (prints its kubeconfig)\n"
             "  modeldeploy operator                             the operator, against $KUBECONFIG\n"
             "\n'modeldeploy COMMAND --help' tells more about each."

@@ -159,3 +159,35 @@ def test_run_lists_the_tflite_candidates_beside_the_onnx_ones(tmp_path: Path) ->
     assert localrun.candidate_lines({}) == []
     failed = localrun.tflite_summary({"failureReason": "InvalidModel", "message": "why"}, tmp_path)
     assert failed == "no model.tflite (InvalidModel): why"
+
+
+def test_the_pod_route_reads_through_kubectl_exec_bounded_by_the_card(tmp_path: Path) -> None:
+    # A stand-in for kubectl that runs the exec'd command here, on a copy of the volume: it checks the argv the pod
+    # route builds and the bound on what is read, not a cluster (kwok's pods cannot exec; the real node can).
+    volume = tmp_path / "volume"
+    write_version(volume, "v000000000001", created="2026-01-01T00:00:00Z")
+    log = tmp_path / "argv"
+    fake = tmp_path / "kubectl"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {log}\n'
+        '[ "$1 $2 $3 $4 $5 $6 $7" = "exec -n ml digits-abc -c serving --" ] || exit 3\n'
+        'shift 7; [ "$1 $2" = "head -c" ] || exit 4\n'
+        f'exec head -c "$3" "{volume}${{4#/models}}"\n'
+    )
+    fake.chmod(0o755)
+    store = pull.PodStore((str(fake),), "ml", "digits-abc", "serving")
+    line = pull.pull(store, "digits/v000000000001", "tflite", tmp_path / "o.tflite", expected_sha256=None)
+    assert (tmp_path / "o.tflite").read_bytes() == TFLITE_BYTES and "pod ml/digits-abc:/models" in line
+    assert f"head -c {len(TFLITE_BYTES) + 1} /models/digits/v000000000001/model.tflite" in log.read_text()
+    # A file larger than its card says is refused without reading past the bound.
+    (volume / "digits" / "v000000000001" / contracts.TFLITE_FILE).write_bytes(TFLITE_BYTES + b"more")
+    with pytest.raises(pull.PullError, match=r"larger than the \d+ bytes its card gives"):
+        pull.pull(store, "digits/v000000000001", "tflite", tmp_path / "p.tflite")
+    # The status' digest is checked too.
+    (volume / "digits" / "v000000000001" / contracts.TFLITE_FILE).write_bytes(TFLITE_BYTES)
+    with pytest.raises(pull.PullError, match=r"the ModelDeployment's status says 00"):
+        pull.pull(store, "digits/v000000000001", "tflite", tmp_path / "q.tflite", expected_sha256="00" * 32)
+    failing = pull.PodStore(("false",), "ml", "digits-abc", "serving")
+    with pytest.raises(pull.PullError, match="failed"):
+        failing.read("digits/v1/model.json", 10)

@@ -200,7 +200,10 @@ def pull(store: Store, version_path: str, fmt: str, output: Path, *, expected_sh
     detail = ""
     if section:
         detail = f", {section.get('chosen')}, accuracy {section.get('accuracy')} on held-out data"
-    return f"{output}: {file_name} of {version_path} ({len(data)} bytes, sha256 {digest}{detail}), verified"
+    return (
+        f"{output}: {file_name} of {version_path} from {store.where} ({len(data)} bytes, sha256 {digest}{detail}), "
+        "verified"
+    )
 
 
 def write_atomically(output: Path, data: bytes) -> None:
