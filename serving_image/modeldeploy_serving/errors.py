@@ -43,6 +43,19 @@ class NotReady(ServingError):
     status = 503
 
 
+class Overloaded(ServingError):
+    """The server sheds this request (queue full, memory budget spent, or the request waited past its deadline):
+    503 with Retry-After on REST, RESOURCE_EXHAUSTED on gRPC; the client should retry later or elsewhere."""
+
+    status = 503
+
+    def __init__(self, message: str, *, reason: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """A metric label: queue_full, memory, deadline."""
+        self.retry_after = retry_after
+
+
 class InferenceFailed(ServingError):
     """onnxruntime failed on input that passed every check; a fault of the model or the server, not the client."""
 

@@ -6,9 +6,11 @@ Every error leaves as {"error": "..."} with the status its type carries.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 import numpy as np
@@ -20,9 +22,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from modeldeploy_serving.codecs import check_shape, decode_json_data, decode_raw, encode_json_data, encode_raw
+from modeldeploy_serving.admission import Admit, admit_any
+from modeldeploy_serving.codecs import decode_json_data, decode_raw, encode_json_data, encode_raw
 from modeldeploy_serving.dataplane import DataPlane
-from modeldeploy_serving.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
+from modeldeploy_serving.errors import InvalidInput, Overloaded, PayloadTooLarge, ServingError, UnsupportedMediaType
 from modeldeploy_serving.types import InferInput, InferRequest, InferResponse, RequestedOutput
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,8 @@ _ORJSON_OPTIONS: Final = orjson.OPT_SERIALIZE_NUMPY
 _INFER_PATH: Final = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 _JSON_HEADERS: Final = ((b"content-type", b"application/json"),)
 _BINARY_HEADERS: Final = ((b"content-type", b"application/octet-stream"),)
+# A body this large takes about a millisecond or more to decode (JSON): it is decoded off the event loop.
+_DECODE_OFF_LOOP_BYTES: Final = 256 * 1024
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -41,7 +46,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(err: ServingError) -> Response:
-    return json_response({"error": err.message}, status=err.status)
+    headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Overloaded) else None
+    return json_response({"error": err.message}, status=err.status, headers=headers)
 
 
 # --- pure codec: the V2 JSON request/response with the binary extension -----------------------------------------
@@ -57,8 +63,9 @@ def _parameters(value: Any, what: str) -> dict[str, Any]:
     return {} if value is None else _object(value, f"{what} 'parameters'")
 
 
-def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest:
-    """A V2 inference request from its body: JSON, or with the binary extension a JSON header then raw tensors."""
+def decode_infer_request(body: bytes, header_length: int | None, admit: Admit = admit_any) -> InferRequest:
+    """A V2 inference request from its body: JSON, or with the binary extension a JSON header then raw tensors.
+    Each input is admitted (name, datatype, shape) before its data is decoded."""
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
@@ -87,7 +94,7 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
         datatype = tensor.get("datatype")
         if not isinstance(name, str) or not isinstance(datatype, str):
             raise InvalidInput(f"inputs[{i}] needs a string 'name' and a string 'datatype'")
-        shape = check_shape(name, tensor.get("shape"))
+        shape = admit(name, datatype, tensor.get("shape"))
         binary_size = _parameters(tensor.get("parameters"), f"input {name!r}").get("binary_data_size")
         if binary_size is not None:
             if isinstance(binary_size, bool) or not isinstance(binary_size, int) or binary_size < 0:
@@ -156,7 +163,7 @@ def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
     return header + b"".join(blobs), len(header)
 
 
-def decode_predict_request(body: bytes, input_specs: list[tuple[str, str]]) -> InferRequest:
+def decode_predict_request(body: bytes, input_specs: list[tuple[str, str]], admit: Admit = admit_any) -> InferRequest:
     """A TF-Serving `:predict` body ({"instances": [...]} row format or {"inputs": ...} columnar) as a V2 request."""
     try:
         document = orjson.loads(body)
@@ -188,12 +195,19 @@ def decode_predict_request(body: bytes, input_specs: list[tuple[str, str]]) -> I
         datatype = datatypes.get(name)
         if datatype is None:
             raise InvalidInput(f"unknown input {name!r}; the model's inputs are {names}")
-        try:
-            shape = tuple(int(d) for d in np.shape(value))
-        except ValueError:
-            raise InvalidInput(f"input {name!r}: instances are not all of the same shape") from None
+        shape = admit(name, datatype, _leading_shape(value))
         inputs.append(InferInput(name, datatype, shape, decode_json_data(name, datatype, shape, value)))
     return InferRequest(inputs)
+
+
+def _leading_shape(value: Any) -> list[int]:
+    """The shape of nested lists read along their first elements (decode_json_data checks the rest); not numpy's
+    np.shape, which would convert the whole value before anything is admitted."""
+    shape: list[int] = []
+    while isinstance(value, list) and len(shape) <= 32:
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
 
 
 def encode_predict_response(response: InferResponse) -> bytes:
@@ -241,13 +255,22 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def read_raw_body(receive: Receive, declared: str | None) -> bytes | None:
-        """read_body on the ASGI messages themselves; None when the client went away before sending it all."""
+    budget = plane.budget
+    # Bodies larger than this are decoded on a worker thread: the event loop keeps answering health probes and
+    # reading other requests meanwhile. One thread, so that decoding never holds more than one large body's objects.
+    decode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modeldeploy-decode")
+
+    async def read_raw_body(receive: Receive, declared: str | None, held: list[int]) -> bytes | None:
+        """read_body on the ASGI messages themselves; None when the client went away before sending it all. The
+        bytes are taken from the server's budget (all at once when Content-Length says how many); `held` says how
+        many this request holds, for the caller to give back."""
         if declared is not None:
             if not declared.isdigit():
                 raise InvalidInput(f"Content-Length {declared!r} is not a number")
             if int(declared) > limit:
                 raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
+            budget.take(int(declared))
+            held[0] = int(declared)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -259,6 +282,9 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                if size > held[0]:
+                    budget.take(size - held[0])
+                    held[0] = size
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -276,6 +302,7 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
             elif key == b"content-encoding":
                 encoding = value.decode("latin-1")
         expected = plane.expect()
+        held = [0]
         status = 200
         headers: tuple[tuple[bytes, bytes], ...] = _JSON_HEADERS
         try:
@@ -285,21 +312,31 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
                         raise UnsupportedMediaType(
                             f"Content-Encoding {encoding.lower()!r} is not supported; send the body uncompressed"
                         )
-                    raw = await read_raw_body(receive, declared)
+                    raw = await read_raw_body(receive, declared, held)
                     if raw is None:
                         metric.code = "499"  # the client closed the connection; nobody reads an answer
                         return
                     if header_value is not None and not header_value.isdigit():
                         raise InvalidInput(f"Inference-Header-Content-Length {header_value!r} is not a number")
-                    decoded = decode_infer_request(raw, None if header_value is None else int(header_value))
-                    response = await plane.infer(name, version, decoded, expected=expected)
-                    expected = False
+                    admit = plane.admission(name, version)
+                    length = None if header_value is None else int(header_value)
+                    if len(raw) > _DECODE_OFF_LOOP_BYTES:
+                        loop = asyncio.get_running_loop()
+                        decoded = await loop.run_in_executor(decode_pool, decode_infer_request, raw, length, admit)
+                    else:
+                        decoded = decode_infer_request(raw, length, admit)
+                    del raw
+                    handed, expected = expected, False
+                    response = await plane.infer(name, version, decoded, expected=handed)
+                    del decoded
                     body, json_length = encode_infer_response(response)
                     if json_length is not None:
                         headers = (*_BINARY_HEADERS, (b"inference-header-content-length", str(json_length).encode()))
                 except ServingError as err:
                     metric.code = str(err.status)
                     status, body = err.status, orjson.dumps({"error": err.message})
+                    if isinstance(err, Overloaded):
+                        headers = (*_JSON_HEADERS, (b"retry-after", str(err.retry_after).encode()))
                 except Exception as exc:  # the same 500 as the other endpoints get from internal_error
                     metric.code = "500"
                     log.exception("unexpected error in POST %s", scope["path"], exc_info=exc)
@@ -308,6 +345,7 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
         finally:
             if expected:
                 plane.unexpect()
+            budget.give(held[0])
         await send(
             {
                 "type": "http.response.start",
@@ -333,16 +371,18 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
         with plane.request_scope("rest") as scope:
             try:
                 body = await read_body(request)
+                admit = plane.admission(name, version)
                 info = plane.info
                 specs = [(t.name, t.datatype) for t in info.inputs] if info is not None else []
-                response = await plane.infer(name, version, decode_predict_request(body, specs))
+                response = await plane.infer(name, version, decode_predict_request(body, specs, admit))
             except ServingError as err:
                 scope.code = str(err.status)
                 return error_response(err)
             return Response(encode_predict_response(response), media_type=_JSON)
 
     async def live(request: Request) -> Response:
-        return json_response({"live": plane.live()})
+        is_live = plane.live()
+        return json_response({"live": is_live}, status=200 if is_live else 503)
 
     async def ready(request: Request) -> Response:
         is_ready = plane.ready()

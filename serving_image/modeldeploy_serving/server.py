@@ -64,6 +64,8 @@ class ServingProcess:
             access_log=False,
             log_config=None,
             timeout_graceful_shutdown=int(max(1, s.shutdown_grace_seconds)),
+            # Over this many connections and tasks at once, uvicorn answers 503 itself.
+            limit_concurrency=s.max_concurrent_requests,
             server_header=False,
         )
         self._http = _Uvicorn(config)

@@ -51,6 +51,28 @@ class Settings:
     max_request_bytes: int = 16 * 1024 * 1024
     """Request bodies larger than this get 413 (REST) or RESOURCE_EXHAUSTED (gRPC)."""
 
+    max_request_rows: int = 4096
+    """Requests with more rows (first dimension) than this get 400; rows over max_batch_size run in several batches."""
+
+    max_queue_rows: int = 1024
+    """Rows queued for the model at most; a request that would go over is shed at once (503 / RESOURCE_EXHAUSTED)."""
+
+    max_queue_requests: int = 512
+    """Requests queued for the model at most; over it, shed like max_queue_rows."""
+
+    queue_timeout_ms: int = 5000
+    """A request that waited this long in the queue is answered 503 instead of being run for nobody; a client's V2
+    `timeout` parameter (microseconds, as Triton's) may shorten it."""
+
+    max_decoding_bytes: int = 64 * 1024 * 1024
+    """Request bodies held at once (being read or decoded), in bytes; a body that would go over is shed (503)."""
+
+    max_concurrent_requests: int = 256
+    """Connections (HTTP) and RPCs (gRPC) served at once per protocol; over it, 503 / RESOURCE_EXHAUSTED."""
+
+    allow_non_finite: bool = False
+    """Accept NaN and Infinity in float inputs (binary and gRPC data; JSON cannot carry them). Off: 400."""
+
     shutdown_grace_seconds: float = 20.0
     """After SIGTERM: not ready at once, in-flight requests finish within this bound, then the process exits."""
 
@@ -60,6 +82,10 @@ class Settings:
     @property
     def max_queue_delay_seconds(self) -> float:
         return self.max_queue_delay_us / 1_000_000
+
+    @property
+    def queue_timeout_seconds(self) -> float:
+        return self.queue_timeout_ms / 1000
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -90,10 +116,25 @@ class Settings:
             raise SettingsError("MODELDEPLOY_HTTP_PORT=0: the HTTP port carries health and cannot be turned off")
         if self.grpc_port != 0 and self.grpc_port == self.http_port:
             raise SettingsError(f"MODELDEPLOY_GRPC_PORT and MODELDEPLOY_HTTP_PORT are both {self.http_port}")
-        positive = ("intra_op_threads", "max_batch_size", "max_request_bytes")
+        positive = (
+            "intra_op_threads",
+            "max_batch_size",
+            "max_request_bytes",
+            "max_request_rows",
+            "max_queue_rows",
+            "max_queue_requests",
+            "queue_timeout_ms",
+            "max_decoding_bytes",
+            "max_concurrent_requests",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env(name)}={getattr(self, name)} must be at least 1")
+        if self.max_decoding_bytes < self.max_request_bytes:
+            raise SettingsError(
+                f"MODELDEPLOY_MAX_DECODING_BYTES={self.max_decoding_bytes} is below MODELDEPLOY_MAX_REQUEST_BYTES="
+                f"{self.max_request_bytes}: a body of the largest allowed size could never be read"
+            )
         if self.max_queue_delay_us < 0:
             raise SettingsError(f"MODELDEPLOY_MAX_QUEUE_DELAY_US={self.max_queue_delay_us} must not be negative")
         if self.shutdown_grace_seconds < 0:
