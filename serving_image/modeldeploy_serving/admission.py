@@ -25,6 +25,9 @@ class Admission:
         self._dynamic_batch = dynamic_batch
         self._max_rows = max_rows
         self._max_elements = max_elements
+        self.max_json_values = _max_values(inputs, max_rows) if dynamic_batch else None
+        """How many JSON values a request body can hold for this model (None: no bound from the model), so that a
+        body of more is refused before it is parsed: a value costs 24 to 40 bytes once parsed."""
 
     def tensor(self, name: str, datatype: str, raw_shape: Any) -> tuple[int, ...]:
         spec = self._specs.get(name)
@@ -56,6 +59,23 @@ class Admission:
                     f"{self._max_elements} bytes can carry"
                 )
         return shape
+
+
+# Values a request body may hold beyond the inputs' data: ids, parameters, outputs, and room for mistakes that
+# deserve their own message.
+_JSON_SLACK = 4096
+
+
+def _max_values(inputs: tuple[TensorMetadata, ...], max_rows: int) -> int | None:
+    total = _JSON_SLACK
+    for spec in inputs:
+        per_row = 1
+        for dim in spec.shape[1:]:
+            if dim < 0:
+                return None  # a dynamic dimension beyond the batch: only the body's size bounds it
+            per_row *= dim
+        total += max_rows * per_row
+    return total
 
 
 def admit_any(name: str, datatype: str, raw_shape: Any) -> tuple[int, ...]:

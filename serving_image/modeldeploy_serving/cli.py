@@ -55,6 +55,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="request bytes held at once, then 503 (MODELDEPLOY_MAX_DECODING_BYTES, default 64 MiB)",
     )
     add(
+        "--body-timeout-seconds",
+        type=float,
+        help="a body must arrive within this, else 408 (MODELDEPLOY_BODY_TIMEOUT_SECONDS, default 30)",
+    )
+    add(
         "--max-concurrent-requests",
         type=int,
         help="connections/RPCs at once per protocol (MODELDEPLOY_MAX_CONCURRENT_REQUESTS, default 256)",
@@ -93,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         "queue_timeout_ms",
         "max_decoding_bytes",
         "max_concurrent_requests",
+        "body_timeout_seconds",
         "shutdown_grace_seconds",
         "log_level",
     )

@@ -12,7 +12,7 @@ from typing import Any, Final
 import numpy as np
 
 from modeldeploy_serving import __version__
-from modeldeploy_serving.admission import Admission, Admit, ByteBudget
+from modeldeploy_serving.admission import Admission, ByteBudget
 from modeldeploy_serving.batching import Batcher, DirectRunner, Feeds
 from modeldeploy_serving.codecs import classify
 from modeldeploy_serving.errors import (
@@ -161,13 +161,13 @@ class DataPlane:
 
     # --- inference -----------------------------------------------------------------------------------------
 
-    def admission(self, name: str, version: str | None) -> Admit:
+    def admission(self, name: str, version: str | None) -> Admission:
         """The check each input of a request to `name` passes before it is decoded; 404 / 503 at once."""
         self._resolve(name, version)
         admission = self._admission
         if admission is None:
             raise NotReady("the model is still loading")
-        return admission.tensor
+        return admission
 
     @contextmanager
     def request_scope(self, protocol: str) -> Iterator[RequestScope]:

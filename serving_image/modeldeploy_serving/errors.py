@@ -25,6 +25,12 @@ class ModelNotFound(ServingError):
     status = 404
 
 
+class RequestTimeout(ServingError):
+    """The request's body did not arrive within MODELDEPLOY_BODY_TIMEOUT_SECONDS (a slow or stalled sender)."""
+
+    status = 408
+
+
 class PayloadTooLarge(ServingError):
     """The request body is larger than MODELDEPLOY_MAX_REQUEST_BYTES."""
 

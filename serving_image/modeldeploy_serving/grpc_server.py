@@ -171,7 +171,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         try:
             with plane.request_scope("grpc") as scope:
                 try:
-                    admit = plane.admission(request.model_name, request.model_version or None)
+                    admit = plane.admission(request.model_name, request.model_version or None).tensor
                     size = request.ByteSize()
                     plane.budget.take(size)
                     held = size

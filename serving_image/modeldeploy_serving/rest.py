@@ -25,7 +25,14 @@ from starlette.types import Receive, Scope, Send
 from modeldeploy_serving.admission import Admit, admit_any
 from modeldeploy_serving.codecs import decode_json_data, decode_raw, encode_json_data, encode_raw
 from modeldeploy_serving.dataplane import DataPlane
-from modeldeploy_serving.errors import InvalidInput, Overloaded, PayloadTooLarge, ServingError, UnsupportedMediaType
+from modeldeploy_serving.errors import (
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServingError,
+    UnsupportedMediaType,
+)
 from modeldeploy_serving.types import InferInput, InferRequest, InferResponse, RequestedOutput
 
 log = logging.getLogger(__name__)
@@ -63,9 +70,12 @@ def _parameters(value: Any, what: str) -> dict[str, Any]:
     return {} if value is None else _object(value, f"{what} 'parameters'")
 
 
-def decode_infer_request(body: bytes, header_length: int | None, admit: Admit = admit_any) -> InferRequest:
+def decode_infer_request(
+    body: bytes, header_length: int | None, admit: Admit = admit_any, max_values: int | None = None
+) -> InferRequest:
     """A V2 inference request from its body: JSON, or with the binary extension a JSON header then raw tensors.
-    Each input is admitted (name, datatype, shape) before its data is decoded."""
+    Each input is admitted (name, datatype, shape) before its data is decoded; a JSON part with more than
+    `max_values` values is refused before it is parsed."""
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
@@ -74,6 +84,7 @@ def decode_infer_request(body: bytes, header_length: int | None, admit: Admit = 
                 f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)} bytes"
             )
         header, binary = body[:header_length], memoryview(body)[header_length:]
+    _check_value_count(header, max_values)
     try:
         document = orjson.loads(header)
     except orjson.JSONDecodeError as err:
@@ -135,6 +146,19 @@ def decode_infer_request(body: bytes, header_length: int | None, admit: Admit = 
     return InferRequest(inputs, outputs, request_id, params, binary_default)
 
 
+def _check_value_count(document: bytes, max_values: int | None) -> None:
+    """Every JSON value after the first follows a comma: counting commas (a C loop, about 1 ms per MiB) bounds the
+    values, and so the memory that parsing would take, before the parser runs."""
+    if max_values is None:
+        return
+    values = document.count(b",") + 1
+    if values > max_values:
+        raise InvalidInput(
+            f"the JSON body holds about {values} values; the model's inputs take at most {max_values} in one request "
+            "(MODELDEPLOY_MAX_REQUEST_ROWS rows): send fewer rows per request"
+        )
+
+
 def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it (else None)."""
     outputs: list[dict[str, Any]] = []
@@ -163,8 +187,11 @@ def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
     return header + b"".join(blobs), len(header)
 
 
-def decode_predict_request(body: bytes, input_specs: list[tuple[str, str]], admit: Admit = admit_any) -> InferRequest:
+def decode_predict_request(
+    body: bytes, input_specs: list[tuple[str, str]], admit: Admit = admit_any, max_values: int | None = None
+) -> InferRequest:
     """A TF-Serving `:predict` body ({"instances": [...]} row format or {"inputs": ...} columnar) as a V2 request."""
+    _check_value_count(body, max_values)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as err:
@@ -256,6 +283,7 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
         return b"".join(chunks)
 
     budget = plane.budget
+    body_timeout = plane.settings.body_timeout_seconds
     # Bodies larger than this are decoded on a worker thread: the event loop keeps answering health probes and
     # reading other requests meanwhile. One thread, so that decoding never holds more than one large body's objects.
     decode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modeldeploy-decode")
@@ -312,19 +340,32 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
                         raise UnsupportedMediaType(
                             f"Content-Encoding {encoding.lower()!r} is not supported; send the body uncompressed"
                         )
-                    raw = await read_raw_body(receive, declared, held)
+                    try:
+                        async with asyncio.timeout(body_timeout):  # no task per request, unlike wait_for
+                            raw = await read_raw_body(receive, declared, held)
+                    except TimeoutError:
+                        raise RequestTimeout(
+                            f"the request body did not arrive within {body_timeout:g} s; send it at once"
+                        ) from None
                     if raw is None:
                         metric.code = "499"  # the client closed the connection; nobody reads an answer
                         return
                     if header_value is not None and not header_value.isdigit():
                         raise InvalidInput(f"Inference-Header-Content-Length {header_value!r} is not a number")
-                    admit = plane.admission(name, version)
+                    admission = plane.admission(name, version)
                     length = None if header_value is None else int(header_value)
                     if len(raw) > _DECODE_OFF_LOOP_BYTES:
                         loop = asyncio.get_running_loop()
-                        decoded = await loop.run_in_executor(decode_pool, decode_infer_request, raw, length, admit)
+                        decoded = await loop.run_in_executor(
+                            decode_pool,
+                            decode_infer_request,
+                            raw,
+                            length,
+                            admission.tensor,
+                            admission.max_json_values,
+                        )
                     else:
-                        decoded = decode_infer_request(raw, length, admit)
+                        decoded = decode_infer_request(raw, length, admission.tensor, admission.max_json_values)
                     del raw
                     handed, expected = expected, False
                     response = await plane.infer(name, version, decoded, expected=handed)
@@ -370,11 +411,18 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
         version = request.path_params.get("version")
         with plane.request_scope("rest") as scope:
             try:
-                body = await read_body(request)
-                admit = plane.admission(name, version)
+                try:
+                    async with asyncio.timeout(body_timeout):
+                        body = await read_body(request)
+                except TimeoutError:
+                    raise RequestTimeout(
+                        f"the request body did not arrive within {body_timeout:g} s; send it at once"
+                    ) from None
+                admission = plane.admission(name, version)
                 info = plane.info
                 specs = [(t.name, t.datatype) for t in info.inputs] if info is not None else []
-                response = await plane.infer(name, version, decode_predict_request(body, specs, admit))
+                decoded = decode_predict_request(body, specs, admission.tensor, admission.max_json_values)
+                response = await plane.infer(name, version, decoded)
             except ServingError as err:
                 scope.code = str(err.status)
                 return error_response(err)

@@ -67,6 +67,9 @@ class Settings:
     max_decoding_bytes: int = 64 * 1024 * 1024
     """Request bodies held at once (being read or decoded), in bytes; a body that would go over is shed (503)."""
 
+    body_timeout_seconds: float = 30.0
+    """A request body must have arrived this long after its headers, else 408: a slow sender holds no budget longer."""
+
     max_concurrent_requests: int = 256
     """Connections (HTTP) and RPCs (gRPC) served at once per protocol; over it, 503 / RESOURCE_EXHAUSTED."""
 
@@ -137,6 +140,8 @@ class Settings:
             )
         if self.max_queue_delay_us < 0:
             raise SettingsError(f"MODELDEPLOY_MAX_QUEUE_DELAY_US={self.max_queue_delay_us} must not be negative")
+        if self.body_timeout_seconds <= 0:
+            raise SettingsError(f"MODELDEPLOY_BODY_TIMEOUT_SECONDS={self.body_timeout_seconds} must be positive")
         if self.shutdown_grace_seconds < 0:
             raise SettingsError(
                 f"MODELDEPLOY_SHUTDOWN_GRACE_SECONDS={self.shutdown_grace_seconds} must not be negative"
