@@ -229,6 +229,8 @@ class Batcher:
                     while not self._queue:
                         if self._stopping:
                             return None
+                        if expired:
+                            return []  # answer them now (finally below), not after the next request arrives
                         self._cond.wait()
                     first = self._pop()
                     if first.deadline >= time.perf_counter():

@@ -36,10 +36,17 @@ EXTENSIONS: Final = ("binary_tensor_data", "classification")
 
 
 class RequestScope:
-    """One inference request as the metrics see it: the adapter sets `code` when it knows the outcome."""
+    """One inference request as the metrics see it: the adapter sets `code` (or calls `failed`) when it knows the
+    outcome."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         self.code = "200"
+        self._metrics = metrics
+
+    def failed(self, err: ServingError) -> None:
+        self.code = str(err.status)
+        if isinstance(err, Overloaded):
+            self._metrics.observe_shed(err.reason)
 
 
 class DataPlane:
@@ -172,15 +179,13 @@ class DataPlane:
     @contextmanager
     def request_scope(self, protocol: str) -> Iterator[RequestScope]:
         """Count one inference request in the metrics (in flight, then by code and latency)."""
-        scope = RequestScope()
+        scope = RequestScope(self.metrics)
         started = time.perf_counter()
         self.metrics.in_flight_now.inc()
         try:
             yield scope
         except ServingError as err:
-            scope.code = str(err.status)
-            if isinstance(err, Overloaded):
-                self.metrics.observe_shed(err.reason)
+            scope.failed(err)
             raise
         except BaseException:
             scope.code = "500"

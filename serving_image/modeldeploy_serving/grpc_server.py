@@ -185,7 +185,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                         request.model_name, request.model_version or None, decoded, expected=handed
                     )
                 except ServingError as err:
-                    scope.code = str(err.status)
+                    scope.failed(err)
                     self._fail(context, err)
                     return pb.ModelInferResponse()
                 return encode_grpc_response(response)

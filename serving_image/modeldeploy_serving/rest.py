@@ -374,7 +374,7 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
                     if json_length is not None:
                         headers = (*_BINARY_HEADERS, (b"inference-header-content-length", str(json_length).encode()))
                 except ServingError as err:
-                    metric.code = str(err.status)
+                    metric.failed(err)
                     status, body = err.status, orjson.dumps({"error": err.message})
                     if isinstance(err, Overloaded):
                         headers = (*_JSON_HEADERS, (b"retry-after", str(err.retry_after).encode()))
@@ -424,7 +424,7 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
                 decoded = decode_predict_request(body, specs, admission.tensor, admission.max_json_values)
                 response = await plane.infer(name, version, decoded)
             except ServingError as err:
-                scope.code = str(err.status)
+                scope.failed(err)
                 return error_response(err)
             return Response(encode_predict_response(response), media_type=_JSON)
 
