@@ -112,10 +112,14 @@ class Batcher:
         max_queue_delay: float,
         max_queue_rows: int = 1 << 62,
         max_queue_requests: int = 1 << 62,
+        max_queue_wait: float = float("inf"),
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self._predict = predict
         self._max_rows = max_batch_size
+        self._max_queue_wait = max_queue_wait
+        # Model seconds per row, a moving average of recent runs: what the queued rows will cost to run.
+        self._seconds_per_row = 0.0
         self._max_delay = max_queue_delay
         self._max_queue_rows = max_queue_rows
         self._max_queue_requests = max_queue_requests
@@ -183,13 +187,16 @@ class Batcher:
                     expected = False
                 if self._stopping:
                     raise NotReady("the server is shutting down")
+                wait = (self._queued_rows + rows) * self._seconds_per_row
                 if self._queue and (
                     self._queued_rows + rows > self._max_queue_rows
                     or len(self._queue) + len(parts) > self._max_queue_requests
+                    or wait > self._max_queue_wait
                 ):
                     raise Overloaded(
-                        f"the queue is full ({len(self._queue)} requests, {self._queued_rows} rows waiting; at most "
-                        f"{self._max_queue_requests} requests and {self._max_queue_rows} rows); retry later",
+                        f"the queue is full ({len(self._queue)} requests, {self._queued_rows} rows, about "
+                        f"{wait * 1000:.0f} ms of work waiting with this one; at most {self._max_queue_requests} "
+                        f"requests, {self._max_queue_rows} rows, {self._max_queue_wait * 1000:.0f} ms); retry later",
                         reason="queue_full",
                     )
                 self._queue.extend(parts)
@@ -300,7 +307,7 @@ class Batcher:
         names = list(live[0].feeds)
         try:
             merged = {name: np.concatenate([p.feeds[name] for p in live]) for name in names}
-            outputs = self._predict(merged)
+            outputs = self._timed_predict(merged, sum(p.rows for p in live))
         except Exception:  # noqa: BLE001 - any failure of a merged run: each request runs alone below
             # One request's values may make the model fail (an index out of range, say): run each alone so that
             # only that request gets the error.
@@ -316,9 +323,17 @@ class Batcher:
                 pending.future.set_exception(err)
             offset = end
 
+    def _timed_predict(self, feeds: Feeds, rows: int) -> Feeds:
+        started = time.perf_counter()
+        outputs = self._predict(feeds)
+        per_row = (time.perf_counter() - started) / max(rows, 1)
+        # Written by the worker only; submit() reads a float, which is atomic in CPython.
+        self._seconds_per_row = per_row if not self._seconds_per_row else 0.8 * self._seconds_per_row + 0.2 * per_row
+        return outputs
+
     def _run_alone(self, pending: _Pending) -> None:
         try:
-            pending.future.set_result(self._predict(pending.feeds))
+            pending.future.set_result(self._timed_predict(pending.feeds, pending.rows))
         except ServingError as err:
             pending.future.set_exception(err)
         except Exception as err:  # the worker must survive anything and hand it to the request

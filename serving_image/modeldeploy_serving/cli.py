@@ -45,6 +45,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="requests queued at most, then 503 (MODELDEPLOY_MAX_QUEUE_REQUESTS, default 512)",
     )
     add(
+        "--max-queue-wait-ms",
+        type=int,
+        help="model time queued at most, then 503 (MODELDEPLOY_MAX_QUEUE_WAIT_MS, default 500)",
+    )
+    add(
         "--queue-timeout-ms",
         type=int,
         help="a request queued this long gets 503 (MODELDEPLOY_QUEUE_TIMEOUT_MS, default 5000)",
@@ -96,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         "max_queue_rows",
         "max_queue_requests",
         "queue_timeout_ms",
+        "max_queue_wait_ms",
         "max_decoding_bytes",
         "max_concurrent_requests",
         "body_timeout_seconds",

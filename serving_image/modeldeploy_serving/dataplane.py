@@ -88,6 +88,7 @@ class DataPlane:
                 max_queue_delay=s.max_queue_delay_seconds,
                 max_queue_rows=s.max_queue_rows,
                 max_queue_requests=s.max_queue_requests,
+                max_queue_wait=s.max_queue_wait_seconds,
                 on_batch=self.metrics.observe_batch,
             )
         else:

@@ -60,6 +60,10 @@ class Settings:
     max_queue_requests: int = 512
     """Requests queued for the model at most; over it, shed like max_queue_rows."""
 
+    max_queue_wait_ms: int = 500
+    """Work queued at most, in milliseconds of model time (queued rows x the recent runs' time per row); a request
+    that would go over is shed at once. This bounds the latency of the requests admitted under overload."""
+
     queue_timeout_ms: int = 5000
     """A request that waited this long in the queue is answered 503 instead of being run for nobody; a client's V2
     `timeout` parameter (microseconds, as Triton's) may shorten it."""
@@ -85,6 +89,10 @@ class Settings:
     @property
     def max_queue_delay_seconds(self) -> float:
         return self.max_queue_delay_us / 1_000_000
+
+    @property
+    def max_queue_wait_seconds(self) -> float:
+        return self.max_queue_wait_ms / 1000
 
     @property
     def queue_timeout_seconds(self) -> float:
@@ -127,6 +135,7 @@ class Settings:
             "max_queue_rows",
             "max_queue_requests",
             "queue_timeout_ms",
+            "max_queue_wait_ms",
             "max_decoding_bytes",
             "max_concurrent_requests",
         )

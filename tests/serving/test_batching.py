@@ -230,3 +230,24 @@ def test_announced_requests_are_counted_back_on_every_path() -> None:
     with pytest.raises(NotReady):
         batcher.submit({"x": np.ones((1, 3), np.float32)}, expected=True)
     assert batcher.expected == 0
+
+
+def test_the_queue_holds_at_most_its_bound_in_model_time() -> None:
+    """Rows cost what the recent runs took per row: a heavy model's queue fills in fewer rows than a light one's."""
+    model = GatedModel()
+    batcher = Batcher(model.predict, max_batch_size=4, max_queue_delay=0.0, max_queue_wait=0.5)
+    batcher.start()
+    try:
+        first = batcher.submit({"x": np.zeros((1, 3), np.float32)})
+        assert model.started.wait(10)
+        batcher._seconds_per_row = 0.01  # as if the recent runs took 10 ms a row
+        queued = batcher.submit({"x": np.ones((30, 3), np.float32)})  # into the empty queue: always taken
+        fits = batcher.submit({"x": np.ones((15, 3), np.float32)})  # 45 rows: 450 ms of work
+        with pytest.raises(Overloaded, match="about 510 ms of work"):
+            batcher.submit({"x": np.ones((6, 3), np.float32)})  # 51 rows: 510 ms, over the bound
+        model.gate.set()
+        first.result(10)
+        assert queued.result(10)["y"].shape == (30, 3)
+        assert fits.result(10)["y"].shape == (15, 3)
+    finally:
+        batcher.stop(5)

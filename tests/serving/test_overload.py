@@ -101,7 +101,15 @@ def test_over_the_queue_bound_grpc_gets_resource_exhausted(slow_server: ServerPr
 
 
 def test_a_request_past_its_timeout_parameter_is_answered_503_without_running(models: dict[str, Path]) -> None:
-    slow_server = start_server(models["slow"], "--max-batch-size", str(ROWS), "--max-queue-rows", str(16 * ROWS))
+    slow_server = start_server(
+        models["slow"],
+        "--max-batch-size",
+        str(ROWS),
+        "--max-queue-rows",
+        str(16 * ROWS),
+        "--max-queue-wait-ms",
+        "600000",
+    )
     body, headers = slow_body(8 * ROWS)  # eight batches, a second or more of onnxruntime
     url = f"{slow_server.url}/v2/models/slow/infer"
     with ThreadPoolExecutor(1) as pool:
