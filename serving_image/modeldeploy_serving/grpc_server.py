@@ -13,6 +13,7 @@ import numpy as np
 from modeldeploy_serving import grpc_service_pb2 as pb
 from modeldeploy_serving import grpc_service_pb2_grpc as pb_grpc
 from modeldeploy_serving.admission import Admit, admit_any
+from modeldeploy_serving.auth import TokenFile, grpc_auth_interceptor
 from modeldeploy_serving.codecs import decode_raw, element_count, encode_raw, numpy_dtype
 from modeldeploy_serving.dataplane import DataPlane
 from modeldeploy_serving.errors import InvalidInput, Overloaded, ServingError
@@ -195,10 +196,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             plane.budget.give(held)
 
 
-def build_grpc_server(plane: DataPlane) -> Any:
-    """A grpc.aio server with the servicer on it (ports are added by the caller)."""
+def build_grpc_server(plane: DataPlane, tokens: TokenFile | None = None) -> Any:
+    """A grpc.aio server with the servicer on it (ports are added by the caller); with `tokens`, RPCs need a bearer
+    token in their `authorization` metadata, except the health RPCs when REST's health paths are open."""
     limit = plane.settings.max_request_bytes
+    interceptors = []
+    if tokens is not None:
+        open_paths = {p.strip() for p in plane.settings.auth_open_paths.split(",")}
+        open_methods = frozenset(
+            method
+            for method, path in (("ServerLive", "/v2/health/live"), ("ServerReady", "/v2/health/ready"))
+            if path in open_paths
+        )
+        interceptors.append(grpc_auth_interceptor(tokens, open_methods))
     server = grpc.aio.server(
+        interceptors=interceptors,
         # Over this many RPCs at once, gRPC answers RESOURCE_EXHAUSTED itself.
         maximum_concurrent_rpcs=plane.settings.max_concurrent_requests,
         options=[

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from modeldeploy_serving.admission import Admit, admit_any
+from modeldeploy_serving.auth import TokenFile
 from modeldeploy_serving.codecs import decode_json_data, decode_raw, encode_json_data, encode_raw
 from modeldeploy_serving.dataplane import DataPlane
 from modeldeploy_serving.errors import (
@@ -257,9 +258,11 @@ def _rows(array: Any) -> list[Any]:
 # --- the ASGI application ---------------------------------------------------------------------------------------
 
 
-def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The ASGI application serving `plane` over HTTP: Starlette, with POST .../infer answered before its router."""
+def build_app(plane: DataPlane, tokens: TokenFile | None = None) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The ASGI application serving `plane` over HTTP: Starlette, with POST .../infer answered before its router.
+    With `tokens`, every path but the settings' open paths needs `Authorization: Bearer <token>`."""
     limit = plane.settings.max_request_bytes
+    open_paths = frozenset(p.strip() for p in plane.settings.auth_open_paths.split(",") if p.strip())
 
     async def read_body(request: Request) -> bytes:
         """The body, refusing (413) as soon as it is known to be over the limit, before buffering it whole."""
@@ -484,7 +487,24 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
         exception_handlers={ServingError: serving_error, HTTPException: http_error, Exception: internal_error},
     )
 
+    async def unauthorized(send: Send) -> None:
+        body = orjson.dumps({"error": "missing or wrong bearer token: send the header Authorization: Bearer <token>"})
+        headers = [*_JSON_HEADERS, (b"www-authenticate", b'Bearer realm="modeldeploy"')]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if tokens is not None and scope["type"] == "http" and scope["path"] not in open_paths:
+            authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+            if not tokens.accepts(authorization):
+                await unauthorized(send)  # before the body is read or anything else runs
+                return
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             match = _INFER_PATH.fullmatch(scope["path"])
             if match is not None:

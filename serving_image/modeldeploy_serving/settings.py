@@ -80,6 +80,21 @@ class Settings:
     allow_non_finite: bool = False
     """Accept NaN and Infinity in float inputs (binary and gRPC data; JSON cannot carry them). Off: 400."""
 
+    auth_token_file: str | None = None
+    """A file of bearer tokens, one per line (a mounted Secret); set, every request but the open paths needs
+    `Authorization: Bearer <token>` (REST) or `authorization` metadata (gRPC). Re-read when it changes."""
+
+    auth_open_paths: str = "/v2/health/live,/v2/health/ready,/metrics"
+    """Comma-separated REST paths reachable without a token (the kubelet's probes, Prometheus); gRPC's ServerLive
+    and ServerReady are open when the REST health paths are."""
+
+    tls_cert_file: str | None = None
+    """PEM certificate (chain) for HTTPS and gRPC TLS, e.g. `tls.crt` of a kubernetes.io/tls Secret; re-read when
+    it changes, for new connections. Needs tls_key_file."""
+
+    tls_key_file: str | None = None
+    """PEM private key of tls_cert_file (`tls.key`)."""
+
     shutdown_grace_seconds: float = 20.0
     """After SIGTERM: not ready at once, in-flight requests finish within this bound, then the process exits."""
 
@@ -149,6 +164,14 @@ class Settings:
             )
         if self.max_queue_delay_us < 0:
             raise SettingsError(f"MODELDEPLOY_MAX_QUEUE_DELAY_US={self.max_queue_delay_us} must not be negative")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise SettingsError(
+                "MODELDEPLOY_TLS_CERT_FILE and MODELDEPLOY_TLS_KEY_FILE go together: set both or neither"
+            )
+        for name in ("auth_token_file", "tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise SettingsError(f"{_env(name)}={path} is not a readable file")
         if self.body_timeout_seconds <= 0:
             raise SettingsError(f"MODELDEPLOY_BODY_TIMEOUT_SECONDS={self.body_timeout_seconds} must be positive")
         if self.shutdown_grace_seconds < 0:
