@@ -6,10 +6,10 @@ serves normally again.
 Phases, one server (heavy CNN, binary tensors, pinned to core 0; the load generator on core 1):
 1. unloaded: one client, the mix, `--unloaded-seconds`: p50/p99 per kind of request;
 2. capacity: `--capacity-clients` clients, the mix: admitted requests per second when saturated;
-3. overload: as many clients as give at least 4x that rate in offered requests (shed requests come back at once,
-   so a closed loop of N clients offers far more than N outstanding requests' worth), `--seconds`;
+3. overload: `--overload-clients` closed-loop clients (shed requests come back at once and are sent again, so the
+   offered rate is reported against the capacity: the goal is at least 4x), `--seconds`;
 4. recovery: from the moment the load stops, one small request after another: the time until one is answered
-   200 within the unloaded p99.
+   200 within twice the unloaded p99 of small requests.
 
     .venv/bin/python bench/serving_overload.py [--seconds 60] [-- extra options of modeldeploy serve]
 """
@@ -116,11 +116,19 @@ async def load(port: int, bodies: dict[str, bytes], mix: list[str], clients: int
 async def recovery(port: int, small: bytes, bound: float, limit: float = 30.0) -> float:
     """Seconds from now until a small request is answered 200 within `bound` seconds."""
     began = time.perf_counter()
-    while time.perf_counter() - began < limit:
-        tally = Tally()
-        await one_client(port, {"small": small}, ["small"], time.perf_counter() + 1e-9, tally, seed=0)
-        if tally.admitted() and tally.admitted()[0] <= bound:
-            return time.perf_counter() - began
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() - began < limit:
+            sent = time.perf_counter()
+            writer.write(small)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if b"content-length" in line)
+            await reader.readexactly(length)
+            if head.startswith(b"HTTP/1.1 200") and time.perf_counter() - sent <= bound:
+                return time.perf_counter() - began
+    finally:
+        writer.close()
     return float("inf")
 
 
@@ -140,6 +148,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60, help="length of the overload phase")
     parser.add_argument("--unloaded-seconds", type=float, default=10)
     parser.add_argument("--capacity-clients", type=int, default=8)
+    parser.add_argument("--overload-clients", type=int, default=128, help="closed-loop clients of the overload phase")
     parser.add_argument("--large-rows", type=int, default=64, help="rows of the maximum-size request")
     parser.add_argument("--large-share", type=float, default=0.1, help="share of maximum-size requests in the mix")
     parser.add_argument("serve_args", nargs="*", help="extra options of modeldeploy serve (after --)")
@@ -173,11 +182,12 @@ def main() -> int:
         unloaded = asyncio.run(load(port, bodies, mix, 1, args.unloaded_seconds))
         capacity = asyncio.run(load(port, bodies, mix, args.capacity_clients, 10))
         capacity_rps = capacity.count(200) / 10
-        clients = args.capacity_clients * 4
+        clients = args.overload_clients
         cpu_before = cpu_seconds(server.process)
         overload = asyncio.run(load(port, bodies, mix, clients, args.seconds))
         overload_cpu = cpu_seconds(server.process) - cpu_before
-        recovered = asyncio.run(recovery(port, bodies["small"], max(unloaded.admitted("small")) * 1.5))
+        bound = max(pct(unloaded.admitted("small"), 99) / 1000 * 2, 0.05)
+        recovered = asyncio.run(recovery(port, bodies["small"], bound))
         alive = server.process.poll() is None
         peak = peak_rss_mb(server.process.pid)
     finally:
@@ -214,8 +224,8 @@ def main() -> int:
         f"- admitted under overload: {overload.count(200) / args.seconds:.1f}/s "
         f"({overload.count(200) / args.seconds / capacity_rps:.0%} of capacity; server CPU {overload_cpu:.1f} s "
         f"in {args.seconds:.0f} s)",
-        f"- recovery: a small request answered within 1.5x the unloaded small max "
-        f"{recovered:.2f} s after the load stopped (goal <= 2 s)",
+        f"- recovery: a small request answered 200 within {bound * 1000:.0f} ms (2x the unloaded small p99, at "
+        f"least 50 ms) {recovered:.2f} s after the load stopped (goal <= 2 s)",
         f"- server alive after the run: {alive}; peak RSS (VmHWM) {peak:.0f} MB; idle RSS at start "
         f"{server.idle_rss_mb:.0f} MB",
         f"- mix: {args.large_share:.0%} requests of {args.large_rows} rows, the rest {SMALL_ROWS} row; heavy CNN "

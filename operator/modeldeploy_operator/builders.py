@@ -292,6 +292,10 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
         "MODELDEPLOY_MAX_QUEUE_DELAY_US": str(batching.get("maxQueueDelayMicroseconds", 2000)),
         "MODELDEPLOY_SHUTDOWN_GRACE_SECONDS": str(SHUTDOWN_GRACE_SECONDS),
     }
+    secret_volumes, secret_mounts, secret_env = _serving_secrets(serving)
+    env.update(secret_env)
+    # Only with TLS: without it the probes stay as they were, so an operator upgrade rolls no serving pod.
+    scheme = {"scheme": "HTTPS"} if serving.get("tls") else {}
     container = {
         "name": naming.SERVING_CONTAINER,
         "image": serving.get("image") or settings.serving_image,
@@ -302,18 +306,18 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
         ],
         "env": [{"name": key, "value": value} for key, value in env.items()],
         "readinessProbe": {
-            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "httpGet": {"path": "/v2/health/ready", "port": "http", **scheme},
             "periodSeconds": 5,
             "failureThreshold": 3,
         },
         "livenessProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "httpGet": {"path": "/v2/health/live", "port": "http", **scheme},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
         # Loading and warming a model can take a while; liveness must not kill a pod that is still loading.
         "startupProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "httpGet": {"path": "/v2/health/live", "port": "http", **scheme},
             "periodSeconds": 2,
             "failureThreshold": 60,
         },
@@ -323,6 +327,7 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
         "volumeMounts": [
             {"name": MODELS_VOLUME, "mountPath": contracts.ARTIFACT_MOUNT, "readOnly": True},
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            *secret_mounts,
         ],
     }
     pod_spec: dict[str, Any] = {
@@ -336,6 +341,7 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
                 "persistentVolumeClaim": {"claimName": naming.claim_name(model, spec), "readOnly": True},
             },
             {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
+            *secret_volumes,
         ],
     }
     if serving.get("nodeSelector"):
@@ -370,6 +376,40 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
         deployment_spec["replicas"] = int(serving.get("replicas", 1))
     metadata = _metadata(md, naming.serving_name(model), naming.COMPONENT_SERVING, **{naming.LABEL_VERSION: version})
     return _stamp({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": deployment_spec})
+
+
+# Where the serving container finds the user's Secrets (docs/contracts/serving.md).
+AUTH_VOLUME: Final = "auth-tokens"
+AUTH_DIR: Final = "/var/run/modeldeploy/auth"
+TLS_VOLUME: Final = "tls"
+TLS_DIR: Final = "/var/run/modeldeploy/tls"
+
+
+def _serving_secrets(
+    serving: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
+    """Volumes, mounts and environment for spec.serving.auth and .tls: the user's Secrets mounted as files by the
+    kubelet (the operator names them and never reads them, so its RBAC has no Secrets), whole directories rather
+    than subPath so that a changed Secret reaches the running pod."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    env: dict[str, str] = {}
+    auth = serving.get("auth")
+    if auth:
+        items = [{"key": "tokens", "path": "tokens"}]
+        volumes.append({"name": AUTH_VOLUME, "secret": {"secretName": auth["secretName"], "items": items}})
+        mounts.append({"name": AUTH_VOLUME, "mountPath": AUTH_DIR, "readOnly": True})
+        env["MODELDEPLOY_AUTH_TOKEN_FILE"] = f"{AUTH_DIR}/tokens"
+        open_paths = ["/v2/health/live", "/v2/health/ready"] + ([] if auth.get("protectMetrics") else ["/metrics"])
+        env["MODELDEPLOY_AUTH_OPEN_PATHS"] = ",".join(open_paths)
+    tls = serving.get("tls")
+    if tls:
+        items = [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]
+        volumes.append({"name": TLS_VOLUME, "secret": {"secretName": tls["secretName"], "items": items}})
+        mounts.append({"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True})
+        env["MODELDEPLOY_TLS_CERT_FILE"] = f"{TLS_DIR}/tls.crt"
+        env["MODELDEPLOY_TLS_KEY_FILE"] = f"{TLS_DIR}/tls.key"
+    return volumes, mounts, env
 
 
 def build_service(md: dict[str, Any]) -> dict[str, Any]:

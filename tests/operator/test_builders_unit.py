@@ -152,3 +152,40 @@ def test_cleanup_job_runs_where_training_ran() -> None:
     assert pod["nodeSelector"] == {"modeldeploy.dev/node": "real"}
     assert pod["tolerations"] == [{"key": "modeldeploy.dev/real-node", "operator": "Exists"}]
     assert pod["containers"][0]["command"][-1] == "/models/digits/v0"
+
+
+def test_auth_and_tls_mount_the_users_secrets_as_files_and_probe_over_https() -> None:
+    serving = {"auth": {"secretName": "tokens-secret"}, "tls": {"secretName": "cert-manager-tls"}}
+    md = make_md({**make_md()["spec"], "serving": serving})
+    pod = builders.build_deployment(md, {"version": "vabc", "path": "digits/vabc"}, SETTINGS)["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = _env(container)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert volumes["auth-tokens"]["secret"]["secretName"] == "tokens-secret"
+    assert volumes["tls"]["secret"]["secretName"] == "cert-manager-tls"
+    assert {i["key"] for i in volumes["tls"]["secret"]["items"]} == {"tls.crt", "tls.key"}
+    for name in ("auth-tokens", "tls"):
+        assert mounts[name]["readOnly"] is True
+        assert "subPath" not in mounts[name]  # a subPath mount would never see the Secret change
+    assert env["MODELDEPLOY_AUTH_TOKEN_FILE"] == f"{mounts['auth-tokens']['mountPath']}/tokens"
+    assert env["MODELDEPLOY_TLS_CERT_FILE"] == f"{mounts['tls']['mountPath']}/tls.crt"
+    assert env["MODELDEPLOY_TLS_KEY_FILE"] == f"{mounts['tls']['mountPath']}/tls.key"
+    # The kubelet's probes and Prometheus reach their paths without a token; the probes speak HTTPS.
+    assert env["MODELDEPLOY_AUTH_OPEN_PATHS"].split(",") == ["/v2/health/live", "/v2/health/ready", "/metrics"]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_protected_metrics_need_the_token_and_no_auth_changes_nothing() -> None:
+    md = make_md({**make_md()["spec"], "serving": {"auth": {"secretName": "t", "protectMetrics": True}}})
+    container = builders.build_deployment(md, {"version": "v", "path": "digits/v"}, SETTINGS)["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    assert "/metrics" not in _env(container)["MODELDEPLOY_AUTH_OPEN_PATHS"]
+    assert "scheme" not in container["readinessProbe"]["httpGet"]  # no TLS: the probes as before
+    plain = builders.build_deployment(make_md(), {"version": "v", "path": "digits/v"}, SETTINGS)
+    plain_container = plain["spec"]["template"]["spec"]["containers"][0]
+    assert not any(name.startswith(("MODELDEPLOY_AUTH", "MODELDEPLOY_TLS")) for name in _env(plain_container))
+    assert {v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]} == {"models", "tmp"}
