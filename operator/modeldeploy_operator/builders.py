@@ -438,6 +438,32 @@ def build_service(md: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def build_network_policy(md: dict[str, Any]) -> dict[str, Any] | None:
+    """The serving pods' ingress: their HTTP and gRPC ports from what spec.serving.allowFrom names (default: the
+    ModelDeployment's namespace), nothing else; None when spec.serving.networkPolicy is false."""
+    model = md["metadata"]["name"]
+    serving = md["spec"].get("serving") or {}
+    if not serving.get("networkPolicy", True):
+        return None
+    peers = copy.deepcopy(serving.get("allowFrom") or [{"podSelector": {}}])
+    ports = [
+        {"port": int(serving.get("port", 8080)), "protocol": "TCP"},
+        {"port": int(serving.get("grpcPort", 8081)), "protocol": "TCP"},
+    ]
+    return _stamp(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _metadata(md, naming.serving_name(model), naming.COMPONENT_SERVING),
+            "spec": {
+                "podSelector": {"matchLabels": naming.serving_selector(model)},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": peers, "ports": ports}],
+            },
+        }
+    )
+
+
 def build_hpa(md: dict[str, Any]) -> dict[str, Any] | None:
     """The HPA on the Deployment when autoscaling is on (None otherwise: then the operator deletes its HPA)."""
     spec = md["spec"]

@@ -111,6 +111,7 @@ class Observed:
     service: ChildState | None = None
     hpa: ChildState | None = None
     claim: ChildState | None = None
+    network_policy: ChildState | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def job(self, name: str) -> JobState | None:

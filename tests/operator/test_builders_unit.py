@@ -189,3 +189,25 @@ def test_protected_metrics_need_the_token_and_no_auth_changes_nothing() -> None:
     plain_container = plain["spec"]["template"]["spec"]["containers"][0]
     assert not any(name.startswith(("MODELDEPLOY_AUTH", "MODELDEPLOY_TLS")) for name in _env(plain_container))
     assert {v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]} == {"models", "tmp"}
+
+
+def test_network_policy_admits_only_the_serving_ports_from_what_allow_from_names() -> None:
+    default = builders.build_network_policy(make_md())
+    assert default is not None
+    assert default["spec"]["podSelector"] == {"matchLabels": naming.serving_selector("digits")}
+    assert default["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = default["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {}}]  # every pod of the ModelDeployment's own namespace, nobody else
+    assert [p["port"] for p in rule["ports"]] == [8080, 8081]
+    assert default["metadata"]["ownerReferences"][0]["controller"] is True
+    peers = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}},
+        {"namespaceSelector": {"matchLabels": {"team": "web"}}},
+    ]  # fmt: skip
+    md = make_md({**make_md()["spec"], "serving": {"allowFrom": peers, "port": 9000}})
+    policy = builders.build_network_policy(md)
+    assert policy is not None
+    assert policy["spec"]["ingress"][0]["from"] == peers
+    assert policy["spec"]["ingress"][0]["ports"][0]["port"] == 9000
+    assert builders.build_network_policy(make_md({**make_md()["spec"], "serving": {"networkPolicy": False}})) is None
