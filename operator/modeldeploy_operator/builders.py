@@ -305,6 +305,9 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
             {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"},
         ],
         "env": [{"name": key, "value": value} for key, value in env.items()],
+        # A server that cannot start says why in its last log line: the kubelet keeps it as the termination
+        # message, and the ModelDeployment's Degraded condition quotes it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "readinessProbe": {
             "httpGet": {"path": "/v2/health/ready", "port": "http", **scheme},
             "periodSeconds": 5,

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from md_factories import make_md
-from modeldeploy_operator import builders, naming
+from modeldeploy_operator import builders, naming, observed
 from modeldeploy_operator.settings import Settings
 
 from modeldeploy import contracts
@@ -211,3 +211,24 @@ def test_network_policy_admits_only_the_serving_ports_from_what_allow_from_names
     assert policy["spec"]["ingress"][0]["from"] == peers
     assert policy["spec"]["ingress"][0]["ports"][0]["port"] == 9000
     assert builders.build_network_policy(make_md({**make_md()["spec"], "serving": {"networkPolicy": False}})) is None
+
+
+def test_a_crash_looping_server_says_why_in_the_pod_summary() -> None:
+    dep = builders.build_deployment(make_md(), {"version": "v", "path": "digits/v"}, SETTINGS)
+    assert dep["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    why = "cannot serve /models/digits/v: /models/digits/v/model.onnx has sha256 ab12 but its card records cd34"
+    pod = {
+        "metadata": {"name": "digits-1", "labels": {naming.LABEL_COMPONENT: naming.COMPONENT_SERVING}},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": naming.SERVING_CONTAINER,
+                    "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": f"INFO loading\nERROR {why}\n"}},
+                }
+            ],
+        },
+    }
+    assert observed.summarize_pod(pod).broken_reason == f"container serving is in CrashLoopBackOff: ERROR {why}"
