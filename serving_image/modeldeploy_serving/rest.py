@@ -150,13 +150,15 @@ def decode_infer_request(
 def _check_value_count(document: bytes, max_values: int | None) -> None:
     """Every JSON value after the first follows a comma: counting commas (a C loop, about 1 ms per MiB) bounds the
     values, and so the memory that parsing would take, before the parser runs."""
-    if max_values is None:
-        return
-    values = document.count(b",") + 1
+    if max_values is not None:
+        _check_values(document.count(b",") + 1, max_values)
+
+
+def _check_values(values: int, max_values: int) -> None:
     if values > max_values:
         raise InvalidInput(
-            f"the JSON body holds about {values} values; the model's inputs take at most {max_values} in one request "
-            "(MODELDEPLOY_MAX_REQUEST_ROWS rows): send fewer rows per request"
+            f"the JSON body holds at least {values} values; the model's inputs take at most {max_values} in one "
+            "request (MODELDEPLOY_MAX_REQUEST_ROWS rows): send fewer rows per request"
         )
 
 
@@ -291,10 +293,14 @@ def build_app(plane: DataPlane, tokens: TokenFile | None = None) -> Callable[[Sc
     # reading other requests meanwhile. One thread, so that decoding never holds more than one large body's objects.
     decode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modeldeploy-decode")
 
-    async def read_raw_body(receive: Receive, declared: str | None, held: list[int]) -> bytes | None:
+    async def read_raw_body(
+        receive: Receive, declared: str | None, held: list[int], max_values: int | None
+    ) -> bytes | None:
         """read_body on the ASGI messages themselves; None when the client went away before sending it all. The
         bytes are taken from the server's budget (all at once when Content-Length says how many); `held` says how
-        many this request holds, for the caller to give back."""
+        many this request holds, for the caller to give back. A JSON body is refused as soon as it holds more
+        values than `max_values`, before the rest of it is read."""
+        commas = 0
         if declared is not None:
             if not declared.isdigit():
                 raise InvalidInput(f"Content-Length {declared!r} is not a number")
@@ -316,6 +322,9 @@ def build_app(plane: DataPlane, tokens: TokenFile | None = None) -> Callable[[Sc
                 if size > held[0]:
                     budget.take(size - held[0])
                     held[0] = size
+                if max_values is not None:
+                    commas += chunk.count(b",")
+                    _check_values(commas + 1, max_values)
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -343,9 +352,11 @@ def build_app(plane: DataPlane, tokens: TokenFile | None = None) -> Callable[[Sc
                         raise UnsupportedMediaType(
                             f"Content-Encoding {encoding.lower()!r} is not supported; send the body uncompressed"
                         )
+                    admission = plane.admission(name, version)  # 404 / 503 before the body is read
+                    max_values = admission.max_json_values if header_value is None else None
                     try:
                         async with asyncio.timeout(body_timeout):  # no task per request, unlike wait_for
-                            raw = await read_raw_body(receive, declared, held)
+                            raw = await read_raw_body(receive, declared, held, max_values)
                     except TimeoutError:
                         raise RequestTimeout(
                             f"the request body did not arrive within {body_timeout:g} s; send it at once"
@@ -355,7 +366,6 @@ def build_app(plane: DataPlane, tokens: TokenFile | None = None) -> Callable[[Sc
                         return
                     if header_value is not None and not header_value.isdigit():
                         raise InvalidInput(f"Inference-Header-Content-Length {header_value!r} is not a number")
-                    admission = plane.admission(name, version)
                     length = None if header_value is None else int(header_value)
                     if len(raw) > _DECODE_OFF_LOOP_BYTES:
                         loop = asyncio.get_running_loop()
