@@ -284,11 +284,7 @@ class DataPlane:
                     f"input {tensor.name!r} has {tensor.shape[0]} rows; this server takes at most "
                     f"{self.settings.max_request_rows} per request (MODELDEPLOY_MAX_REQUEST_ROWS)"
                 )
-            if (
-                tensor.data.dtype.kind == "f"
-                and not self.settings.allow_non_finite
-                and not np.isfinite(tensor.data).all()
-            ):
+            if tensor.data.dtype.kind == "f" and not self.settings.allow_non_finite and not _all_finite(tensor.data):
                 raise InvalidInput(
                     f"input {tensor.name!r} holds NaN or Infinity (or a number too large for {tensor.datatype}); "
                     "send finite values (the server takes non-finite ones with MODELDEPLOY_ALLOW_NON_FINITE=true)"
@@ -317,6 +313,15 @@ class DataPlane:
             if wanted.classification < 0:
                 raise InvalidInput(f"output {wanted.name!r}: classification must be a positive count")
         return request.outputs
+
+
+def _all_finite(array: Any) -> bool:
+    """NaN and Infinity propagate into a sum, so a finite sum (one reduction) proves every value finite; only a
+    sum that overflowed needs the element-wise check."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(array.sum()):
+            return True
+    return bool(np.isfinite(array).all())
 
 
 def load_or_explain(plane: DataPlane) -> ModelInfo | None:
