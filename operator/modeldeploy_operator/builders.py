@@ -292,6 +292,10 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
         "MODELDEPLOY_MAX_QUEUE_DELAY_US": str(batching.get("maxQueueDelayMicroseconds", 2000)),
         "MODELDEPLOY_SHUTDOWN_GRACE_SECONDS": str(SHUTDOWN_GRACE_SECONDS),
     }
+    secret_volumes, secret_mounts, secret_env = _serving_secrets(serving)
+    env.update(secret_env)
+    # Only with TLS: without it the probes stay as they were, so an operator upgrade rolls no serving pod.
+    scheme = {"scheme": "HTTPS"} if serving.get("tls") else {}
     container = {
         "name": naming.SERVING_CONTAINER,
         "image": serving.get("image") or settings.serving_image,
@@ -301,19 +305,22 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
             {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"},
         ],
         "env": [{"name": key, "value": value} for key, value in env.items()],
+        # A server that cannot start says why in its last log line: the kubelet keeps it as the termination
+        # message, and the ModelDeployment's Degraded condition quotes it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "readinessProbe": {
-            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "httpGet": {"path": "/v2/health/ready", "port": "http", **scheme},
             "periodSeconds": 5,
             "failureThreshold": 3,
         },
         "livenessProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "httpGet": {"path": "/v2/health/live", "port": "http", **scheme},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
         # Loading and warming a model can take a while; liveness must not kill a pod that is still loading.
         "startupProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "httpGet": {"path": "/v2/health/live", "port": "http", **scheme},
             "periodSeconds": 2,
             "failureThreshold": 60,
         },
@@ -323,6 +330,7 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
         "volumeMounts": [
             {"name": MODELS_VOLUME, "mountPath": contracts.ARTIFACT_MOUNT, "readOnly": True},
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            *secret_mounts,
         ],
     }
     pod_spec: dict[str, Any] = {
@@ -336,6 +344,7 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
                 "persistentVolumeClaim": {"claimName": naming.claim_name(model, spec), "readOnly": True},
             },
             {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
+            *secret_volumes,
         ],
     }
     if serving.get("nodeSelector"):
@@ -372,6 +381,40 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
     return _stamp({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": deployment_spec})
 
 
+# Where the serving container finds the user's Secrets (docs/contracts/serving.md).
+AUTH_VOLUME: Final = "auth-tokens"
+AUTH_DIR: Final = "/var/run/modeldeploy/auth"
+TLS_VOLUME: Final = "tls"
+TLS_DIR: Final = "/var/run/modeldeploy/tls"
+
+
+def _serving_secrets(
+    serving: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
+    """Volumes, mounts and environment for spec.serving.auth and .tls: the user's Secrets mounted as files by the
+    kubelet (the operator names them and never reads them, so its RBAC has no Secrets), whole directories rather
+    than subPath so that a changed Secret reaches the running pod."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    env: dict[str, str] = {}
+    auth = serving.get("auth")
+    if auth:
+        items = [{"key": "tokens", "path": "tokens"}]
+        volumes.append({"name": AUTH_VOLUME, "secret": {"secretName": auth["secretName"], "items": items}})
+        mounts.append({"name": AUTH_VOLUME, "mountPath": AUTH_DIR, "readOnly": True})
+        env["MODELDEPLOY_AUTH_TOKEN_FILE"] = f"{AUTH_DIR}/tokens"
+        open_paths = ["/v2/health/live", "/v2/health/ready"] + ([] if auth.get("protectMetrics") else ["/metrics"])
+        env["MODELDEPLOY_AUTH_OPEN_PATHS"] = ",".join(open_paths)
+    tls = serving.get("tls")
+    if tls:
+        items = [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]
+        volumes.append({"name": TLS_VOLUME, "secret": {"secretName": tls["secretName"], "items": items}})
+        mounts.append({"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True})
+        env["MODELDEPLOY_TLS_CERT_FILE"] = f"{TLS_DIR}/tls.crt"
+        env["MODELDEPLOY_TLS_KEY_FILE"] = f"{TLS_DIR}/tls.key"
+    return volumes, mounts, env
+
+
 def build_service(md: dict[str, Any]) -> dict[str, Any]:
     spec = md["spec"]
     model = md["metadata"]["name"]
@@ -393,6 +436,32 @@ def build_service(md: dict[str, Any]) -> dict[str, Any]:
                         "protocol": "TCP",
                     },
                 ],
+            },
+        }
+    )
+
+
+def build_network_policy(md: dict[str, Any]) -> dict[str, Any] | None:
+    """The serving pods' ingress: their HTTP and gRPC ports from what spec.serving.allowFrom names (default: the
+    ModelDeployment's namespace), nothing else; None when spec.serving.networkPolicy is false."""
+    model = md["metadata"]["name"]
+    serving = md["spec"].get("serving") or {}
+    if not serving.get("networkPolicy", True):
+        return None
+    peers = copy.deepcopy(serving.get("allowFrom") or [{"podSelector": {}}])
+    ports = [
+        {"port": int(serving.get("port", 8080)), "protocol": "TCP"},
+        {"port": int(serving.get("grpcPort", 8081)), "protocol": "TCP"},
+    ]
+    return _stamp(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _metadata(md, naming.serving_name(model), naming.COMPONENT_SERVING),
+            "spec": {
+                "podSelector": {"matchLabels": naming.serving_selector(model)},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": peers, "ports": ports}],
             },
         }
     )

@@ -301,6 +301,14 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
             plan.apply.append(hpa)
     elif hpa is None and observed.hpa is not None:
         plan.delete.append(("HorizontalPodAutoscaler", observed.hpa.name))
+    policy = builders.build_network_policy(full)
+    if policy is not None and served is not None:
+        if observed.network_policy is None or observed.network_policy.config_hash != policy["metadata"][
+            "annotations"
+        ].get(naming.ANNOTATION_CONFIG_HASH):
+            plan.apply.append(policy)
+    elif policy is None and observed.network_policy is not None:
+        plan.delete.append(("NetworkPolicy", observed.network_policy.name))
 
     desired = int(spec["serving"].get("replicas", 1))
     if autoscaled:

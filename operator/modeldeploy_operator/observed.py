@@ -111,6 +111,7 @@ class Observed:
     service: ChildState | None = None
     hpa: ChildState | None = None
     claim: ChildState | None = None
+    network_policy: ChildState | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def job(self, name: str) -> JobState | None:
@@ -157,6 +158,10 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
         waiting = _get(status, "state", "waiting") or {}
         if waiting.get("reason") in BROKEN_WAITING_REASONS and not broken:
             broken = f"container {status.get('name')} is in {waiting['reason']}"
+            # Why it last exited (the serving image's last log line, e.g. a model whose sha256 is not its card's).
+            last_words = str((_get(status, "lastState", "terminated") or {}).get("message") or "").strip()
+            if last_words:
+                broken += f": {last_words.splitlines()[-1][:300]}"
         if status.get("name") == naming.TRAIN_CONTAINER:
             terminated = _get(status, "state", "terminated") or _get(status, "lastState", "terminated") or {}
             if "message" in terminated:

@@ -68,6 +68,7 @@ class Runtime:
         services: list[ChildState] = _values(self.indices["service_index"], key)
         hpas: list[ChildState] = _values(self.indices["hpa_index"], key)
         claims: list[ChildState] = _values(self.indices["claim_index"], key)
+        policies: list[ChildState] = _values(self.indices.get("network_policy_index", {}), key)
         jobs: list[JobState] = _values(self.indices["job_index"], key)
         pods: list[PodState] = _values(self.indices["pod_index"], key)
         observed = Observed(
@@ -77,6 +78,7 @@ class Runtime:
             service=services[0] if services else None,
             hpa=hpas[0] if hpas else None,
             claim=claims[0] if claims else None,
+            network_policy=policies[0] if policies else None,
         )
         return md, observed
 

@@ -23,6 +23,7 @@ PATHS: Final[dict[str, tuple[str, str]]] = {
     "Job": ("/apis/batch/v1", "jobs"),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     "ModelDeployment": (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }

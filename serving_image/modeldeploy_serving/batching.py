@@ -6,6 +6,12 @@ other requests are already on their way (announced by expect(), e.g. a body bein
 than max_queue_delay after the oldest one arrived. A lone request therefore runs at once, and under load the batch
 fills up from the requests that queued while the previous run was busy. onnxruntime releases the GIL while it runs,
 so the event loops keep parsing requests meanwhile.
+
+Work is bounded: the queue holds at most max_queue_rows rows and max_queue_requests requests (a request that would go
+over is refused at once with Overloaded, except into an empty queue, so that a request of any admitted size can run
+when the server is idle); a request that waits past its deadline is answered Overloaded instead of being run; a
+request with more rows than max_batch_size is split into chunks that run in consecutive batches. No exception ends
+the worker: a batch that fails in an unforeseen way fails its own requests (with an error id in the log) only.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,18 +27,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from modeldeploy_serving.errors import NotReady, ServingError
+from modeldeploy_serving.errors import InferenceFailed, NotReady, Overloaded, ServingError
 from modeldeploy_serving.types import Array
 
 log = logging.getLogger(__name__)
 
 Feeds = dict[str, Array]
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
+_NO_DEADLINE = float("inf")
 
 
 def signature_of(feeds: Feeds) -> Signature:
     """Requests can share a run when they agree on everything but the batch dimension."""
     return tuple(sorted((name, array.dtype.str, tuple(array.shape[1:])) for name, array in feeds.items()))
+
+
+def rows_of(feeds: Feeds) -> int:
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 @dataclass
@@ -40,6 +53,7 @@ class _Pending:
     rows: int
     signature: Signature
     future: Future[Feeds]
+    deadline: float = _NO_DEADLINE
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -52,6 +66,41 @@ class BatchStats:
     queue_seconds: tuple[float, ...]
 
 
+def _expired(pending: _Pending, now: float) -> Overloaded:
+    waited = (now - pending.enqueued_at) * 1000
+    return Overloaded(
+        f"the request waited {waited:.0f} ms in the queue, past its deadline; retry later or elsewhere",
+        reason="deadline",
+    )
+
+
+def _joined(parent: Future[Feeds], parts: list[Future[Feeds]]) -> None:
+    """Complete `parent` with the chunks' outputs stacked back in order, once all chunks are done."""
+    lock = threading.Lock()
+    remaining = [len(parts)]
+
+    def done(_: Future[Feeds]) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        if not parent.set_running_or_notify_cancel():
+            return
+        for part in parts:
+            error = part.exception() if not part.cancelled() else NotReady("the server is shutting down")
+            if error is not None:
+                parent.set_exception(error)
+                return
+        try:
+            results = [part.result() for part in parts]
+            parent.set_result({name: np.concatenate([r[name] for r in results]) for name in results[0]})
+        except Exception as err:  # noqa: BLE001 - an output without the batch dimension: cannot be joined
+            parent.set_exception(InferenceFailed(f"the model's outputs cannot be joined across batches: {err}"))
+
+    for part in parts:
+        part.add_done_callback(done)
+
+
 class Batcher:
     """Merges concurrent predict calls into runs of `predict`; results are split back per request."""
 
@@ -61,13 +110,22 @@ class Batcher:
         *,
         max_batch_size: int,
         max_queue_delay: float,
+        max_queue_rows: int = 1 << 62,
+        max_queue_requests: int = 1 << 62,
+        max_queue_wait: float = float("inf"),
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self._predict = predict
         self._max_rows = max_batch_size
+        self._max_queue_wait = max_queue_wait
+        # Model seconds per row, a moving average of recent runs: what the queued rows will cost to run.
+        self._seconds_per_row = 0.0
         self._max_delay = max_queue_delay
+        self._max_queue_rows = max_queue_rows
+        self._max_queue_requests = max_queue_requests
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
         self._cond = threading.Condition()
         self._expected = 0
         self._stopping = False
@@ -84,6 +142,20 @@ class Batcher:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def is_alive(self) -> bool:
+        """False once the worker has ended while the server still takes requests (liveness must then fail)."""
+        return self._stopping or self._thread.is_alive() or self._thread.ident is None
+
+    @property
+    def expected(self) -> int:
+        return self._expected
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        """(requests, rows) waiting in the queue."""
+        with self._cond:
+            return len(self._queue), self._queued_rows
+
     def expect(self) -> None:
         """A request is on its way (being read or decoded): a batch being formed may wait for it."""
         with self._cond:
@@ -95,53 +167,117 @@ class Batcher:
             self._expected -= 1
             self._cond.notify_all()
 
-    def submit(self, feeds: Feeds, *, expected: bool = False) -> Future[Feeds]:
-        """Queue one request (its inputs share a first dimension, the rows); the future gets its outputs."""
-        rows = int(next(iter(feeds.values())).shape[0])
-        pending = _Pending(feeds, rows, signature_of(feeds), Future())
-        with self._cond:
+    def submit(self, feeds: Feeds, *, expected: bool = False, deadline: float | None = None) -> Future[Feeds]:
+        """Queue one request (its inputs share a first dimension, the rows); the future gets its outputs. With
+        `expected`, this call ends the announcement whatever happens. Overloaded when the queue is full."""
+        try:
+            rows = rows_of(feeds)
+            until = _NO_DEADLINE if deadline is None else deadline
+            if rows > self._max_rows:
+                chunks = [
+                    {name: array[start : start + self._max_rows] for name, array in feeds.items()}
+                    for start in range(0, rows, self._max_rows)
+                ]
+            else:
+                chunks = [feeds]
+            parts = [_Pending(chunk, rows_of(chunk), signature_of(chunk), Future(), until) for chunk in chunks]
+            with self._cond:
+                if expected:
+                    self._expected -= 1
+                    expected = False
+                if self._stopping:
+                    raise NotReady("the server is shutting down")
+                wait = (self._queued_rows + rows) * self._seconds_per_row
+                if self._queue and (
+                    self._queued_rows + rows > self._max_queue_rows
+                    or len(self._queue) + len(parts) > self._max_queue_requests
+                    or wait > self._max_queue_wait
+                ):
+                    raise Overloaded(
+                        f"the queue is full ({len(self._queue)} requests, {self._queued_rows} rows, about "
+                        f"{wait * 1000:.0f} ms of work waiting with this one; at most {self._max_queue_requests} "
+                        f"requests, {self._max_queue_rows} rows, {self._max_queue_wait * 1000:.0f} ms); retry later",
+                        reason="queue_full",
+                    )
+                self._queue.extend(parts)
+                self._queued_rows += rows
+                self._cond.notify_all()
+        finally:
             if expected:
-                self._expected -= 1
-            if self._stopping:
-                raise NotReady("the server is shutting down")
-            self._queue.append(pending)
-            self._cond.notify_all()
-        return pending.future
+                self.unexpect()
+        if len(parts) == 1:
+            return parts[0].future
+        parent: Future[Feeds] = Future()
+        _joined(parent, [p.future for p in parts])
+        return parent
 
     def _work(self) -> None:
         while True:
-            batch = self._collect()
-            if batch is None:
-                return
-            self._run(batch)
+            batch: list[_Pending] = []
+            try:
+                collected = self._collect()
+                if collected is None:
+                    return
+                batch = collected
+                self._run(batch)
+            except Exception as err:  # the worker outlives any batch: its requests fail, the next batch runs
+                error_id = uuid.uuid4().hex[:12]
+                log.exception("batch of %d request(s) failed, error id %s", len(batch), error_id)
+                failure = InferenceFailed(f"internal error {error_id} ({type(err).__name__}); see the server's log")
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(failure)
 
     def _collect(self) -> list[_Pending] | None:
-        with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            first = self._queue.popleft()
-            batch = [first]
-            rows = first.rows
-            deadline = first.enqueued_at + self._max_delay
-            while rows < self._max_rows:
-                rows = self._take_matching(batch, rows)
-                if rows >= self._max_rows or self._expected <= 0 or self._stopping:
-                    break
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            return batch
+        expired: list[_Pending] = []
+        try:
+            with self._cond:
+                while True:
+                    while not self._queue:
+                        if self._stopping:
+                            return None
+                        if expired:
+                            return []  # answer them now (finally below), not after the next request arrives
+                        self._cond.wait()
+                    first = self._pop()
+                    if first.deadline >= time.perf_counter():
+                        break
+                    expired.append(first)
+                batch = [first]
+                rows = first.rows
+                deadline = first.enqueued_at + self._max_delay
+                while rows < self._max_rows:
+                    rows = self._take_matching(batch, rows, expired)
+                    if rows >= self._max_rows or self._expected <= 0 or self._stopping:
+                        break
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                return batch
+        finally:
+            now = time.perf_counter()
+            for pending in expired:
+                if pending.future.set_running_or_notify_cancel():
+                    pending.future.set_exception(_expired(pending, now))
 
-    def _take_matching(self, batch: list[_Pending], rows: int) -> int:
+    def _pop(self) -> _Pending:
+        pending = self._queue.popleft()
+        self._queued_rows -= pending.rows
+        return pending
+
+    def _take_matching(self, batch: list[_Pending], rows: int, expired: list[_Pending]) -> int:
         """Move queued requests of the batch's signature into it while they fit; others keep their place."""
         signature = batch[0].signature
+        now = time.perf_counter()
         kept: deque[_Pending] = deque()
         while self._queue:
             pending = self._queue.popleft()
-            if pending.signature == signature and rows + pending.rows <= self._max_rows:
+            if pending.deadline < now:
+                self._queued_rows -= pending.rows
+                expired.append(pending)
+            elif pending.signature == signature and rows + pending.rows <= self._max_rows:
+                self._queued_rows -= pending.rows
                 batch.append(pending)
                 rows += pending.rows
             else:
@@ -171,8 +307,8 @@ class Batcher:
         names = list(live[0].feeds)
         try:
             merged = {name: np.concatenate([p.feeds[name] for p in live]) for name in names}
-            outputs = self._predict(merged)
-        except ServingError:
+            outputs = self._timed_predict(merged, sum(p.rows for p in live))
+        except Exception:  # noqa: BLE001 - any failure of a merged run: each request runs alone below
             # One request's values may make the model fail (an index out of range, say): run each alone so that
             # only that request gets the error.
             for pending in live:
@@ -187,27 +323,54 @@ class Batcher:
                 pending.future.set_exception(err)
             offset = end
 
+    def _timed_predict(self, feeds: Feeds, rows: int) -> Feeds:
+        started = time.perf_counter()
+        outputs = self._predict(feeds)
+        per_row = (time.perf_counter() - started) / max(rows, 1)
+        # Written by the worker only; submit() reads a float, which is atomic in CPython.
+        self._seconds_per_row = per_row if not self._seconds_per_row else 0.8 * self._seconds_per_row + 0.2 * per_row
+        return outputs
+
     def _run_alone(self, pending: _Pending) -> None:
         try:
-            pending.future.set_result(self._predict(pending.feeds))
+            pending.future.set_result(self._timed_predict(pending.feeds, pending.rows))
         except ServingError as err:
             pending.future.set_exception(err)
         except Exception as err:  # the worker must survive anything and hand it to the request
-            log.exception("model run failed")
-            pending.future.set_exception(err)
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("model run failed, error id %s", error_id)
+            pending.future.set_exception(
+                InferenceFailed(f"internal error {error_id} ({type(err).__name__}); see the server's log")
+            )
 
 
 class DirectRunner:
     """Batching off: each request runs alone, on one worker thread (onnxruntime sessions are not re-entrant-fast)."""
 
-    def __init__(self, predict: Callable[[Feeds], Feeds], on_batch: Callable[[BatchStats], None] | None = None) -> None:
+    def __init__(
+        self,
+        predict: Callable[[Feeds], Feeds],
+        on_batch: Callable[[BatchStats], None] | None = None,
+        *,
+        max_queue_requests: int = 1 << 62,
+    ) -> None:
         self._predict = predict
         self._on_batch = on_batch
+        self._max_queue_requests = max_queue_requests
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modeldeploy-runner")
         self._stopping = False
+        self._lock = threading.Lock()
+        self._queued = 0
 
     def start(self) -> None:
         pass
+
+    def is_alive(self) -> bool:
+        return True  # the pool replaces a worker that died
+
+    @property
+    def expected(self) -> int:
+        return 0
 
     def expect(self) -> None:
         pass
@@ -215,18 +378,37 @@ class DirectRunner:
     def unexpect(self) -> None:
         pass
 
-    def submit(self, feeds: Feeds, *, expected: bool = False) -> Future[Feeds]:
+    def submit(self, feeds: Feeds, *, expected: bool = False, deadline: float | None = None) -> Future[Feeds]:
         del expected
         if self._stopping:
             raise NotReady("the server is shutting down")
+        with self._lock:
+            if self._queued >= self._max_queue_requests:
+                raise Overloaded(
+                    f"the queue is full ({self._queued} requests waiting, at most {self._max_queue_requests}); "
+                    "retry later",
+                    reason="queue_full",
+                )
+            self._queued += 1
         enqueued = time.perf_counter()
-        return self._pool.submit(self._call, feeds, enqueued)
+        return self._pool.submit(self._call, feeds, enqueued, _NO_DEADLINE if deadline is None else deadline)
 
-    def _call(self, feeds: Feeds, enqueued: float) -> Feeds:
+    def _call(self, feeds: Feeds, enqueued: float, deadline: float) -> Feeds:
+        with self._lock:
+            self._queued -= 1
+        now = time.perf_counter()
+        if now > deadline:
+            raise _expired(_Pending(feeds, 0, (), Future(), deadline, enqueued), now)
         if self._on_batch is not None:
-            rows = int(next(iter(feeds.values())).shape[0]) if feeds and next(iter(feeds.values())).ndim else 1
-            self._on_batch(BatchStats(rows=rows, requests=1, queue_seconds=(time.perf_counter() - enqueued,)))
-        return self._predict(feeds)
+            self._on_batch(BatchStats(rows=rows_of(feeds), requests=1, queue_seconds=(now - enqueued,)))
+        try:
+            return self._predict(feeds)
+        except ServingError:
+            raise
+        except Exception as err:
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("model run failed, error id %s", error_id)
+            raise InferenceFailed(f"internal error {error_id} ({type(err).__name__}); see the server's log") from err
 
     def stop(self, timeout: float | None = None) -> None:
         del timeout

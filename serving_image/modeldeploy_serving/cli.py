@@ -37,6 +37,38 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="how long a queued request waits for others at most (MODELDEPLOY_MAX_QUEUE_DELAY_US, default 2000)",
     )
     add("--max-request-bytes", type=int, help="larger bodies get 413 (MODELDEPLOY_MAX_REQUEST_BYTES, default 16 MiB)")
+    add("--max-request-rows", type=int, help="more rows get 400 (MODELDEPLOY_MAX_REQUEST_ROWS, default 4096)")
+    add("--max-queue-rows", type=int, help="rows queued at most, then 503 (MODELDEPLOY_MAX_QUEUE_ROWS, default 1024)")
+    add(
+        "--max-queue-requests",
+        type=int,
+        help="requests queued at most, then 503 (MODELDEPLOY_MAX_QUEUE_REQUESTS, default 512)",
+    )
+    add(
+        "--max-queue-wait-ms",
+        type=int,
+        help="model time queued at most, then 503 (MODELDEPLOY_MAX_QUEUE_WAIT_MS, default 500)",
+    )
+    add(
+        "--queue-timeout-ms",
+        type=int,
+        help="a request queued this long gets 503 (MODELDEPLOY_QUEUE_TIMEOUT_MS, default 5000)",
+    )
+    add(
+        "--max-decoding-bytes",
+        type=int,
+        help="request bytes held at once, then 503 (MODELDEPLOY_MAX_DECODING_BYTES, default 64 MiB)",
+    )
+    add(
+        "--body-timeout-seconds",
+        type=float,
+        help="a body must arrive within this, else 408 (MODELDEPLOY_BODY_TIMEOUT_SECONDS, default 30)",
+    )
+    add(
+        "--max-concurrent-requests",
+        type=int,
+        help="connections/RPCs at once per protocol (MODELDEPLOY_MAX_CONCURRENT_REQUESTS, default 256)",
+    )
     add(
         "--shutdown-grace-seconds",
         type=float,
@@ -65,6 +97,14 @@ def run(args: argparse.Namespace) -> int:
         "max_batch_size",
         "max_queue_delay_us",
         "max_request_bytes",
+        "max_request_rows",
+        "max_queue_rows",
+        "max_queue_requests",
+        "queue_timeout_ms",
+        "max_queue_wait_ms",
+        "max_decoding_bytes",
+        "max_concurrent_requests",
+        "body_timeout_seconds",
         "shutdown_grace_seconds",
         "log_level",
     )

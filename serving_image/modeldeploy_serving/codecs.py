@@ -97,6 +97,7 @@ def decode_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any
                 raise InvalidInput(f"input {name!r}: BYTES data must be strings, got {type(item).__name__}")
             values[i] = item.encode("utf-8")
         return values.reshape(shape)
+    _check_layout(name, data, shape, expected)
     try:
         raw = np.asarray(data)
     except (ValueError, TypeError, OverflowError) as err:
@@ -111,6 +112,27 @@ def decode_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any
         if raw.min() < info.min or raw.max() > info.max:
             raise InvalidInput(f"input {name!r}: values out of range for {datatype} ({info.min}..{info.max})")
     return raw.astype(dtype, copy=False).reshape(shape)
+
+
+def _check_layout(name: str, data: list[Any], shape: tuple[int, ...], expected: int) -> None:
+    """Before numpy converts the data: a flat list must have the shape's element count, a nested one the shape's
+    lengths along its first elements (numpy refuses ragged rest), so that a list of 10^6 values for a 64-value
+    input is refused without being converted."""
+    if not data or not isinstance(data[0], list):
+        if len(data) != expected:
+            raise InvalidInput(f"input {name!r}: shape {list(shape)} needs {expected} elements, data has {len(data)}")
+        return
+    item: Any = data
+    for dim in shape:
+        if not isinstance(item, list) or len(item) != dim:
+            break
+        item = item[0] if item else None
+    else:
+        if not isinstance(item, list):
+            return
+    raise InvalidInput(
+        f"input {name!r}: data must be a flat list of {expected} values or lists nested as the shape {list(shape)}"
+    )
 
 
 def _describe(dtype: np.dtype[Any]) -> str:
@@ -154,6 +176,11 @@ def decode_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes | me
 def decode_bytes_elements(name: str, raw: bytes | memoryview, expected: int) -> Array:
     """BYTES elements each as a 4-byte little-endian length and that many bytes."""
     view = memoryview(raw)
+    if expected * _LENGTH.size > len(view):  # before the array of `expected` objects exists
+        raise InvalidInput(
+            f"input {name!r}: {expected} BYTES elements need at least {expected * _LENGTH.size} bytes of binary data "
+            f"(a 4-byte length each), got {len(view)}"
+        )
     values = np.empty(expected, dtype=object)
     offset = 0
     for i in range(expected):

@@ -9,10 +9,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
+import numpy as np
+
 from modeldeploy_serving import __version__
+from modeldeploy_serving.admission import Admission, ByteBudget
 from modeldeploy_serving.batching import Batcher, DirectRunner, Feeds
 from modeldeploy_serving.codecs import classify
-from modeldeploy_serving.errors import InvalidInput, ModelLoadError, ModelNotFound, NotReady, ServingError
+from modeldeploy_serving.errors import (
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+    ServingError,
+)
 from modeldeploy_serving.metrics import Metrics
 from modeldeploy_serving.runtime import PLATFORM, ModelInfo, OnnxModel
 from modeldeploy_serving.settings import Settings
@@ -26,10 +36,17 @@ EXTENSIONS: Final = ("binary_tensor_data", "classification")
 
 
 class RequestScope:
-    """One inference request as the metrics see it: the adapter sets `code` when it knows the outcome."""
+    """One inference request as the metrics see it: the adapter sets `code` (or calls `failed`) when it knows the
+    outcome."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         self.code = "200"
+        self._metrics = metrics
+
+    def failed(self, err: ServingError) -> None:
+        self.code = str(err.status)
+        if isinstance(err, Overloaded):
+            self._metrics.observe_shed(err.reason)
 
 
 class DataPlane:
@@ -40,6 +57,8 @@ class DataPlane:
         self.metrics = metrics or Metrics()
         self._model: OnnxModel | None = None
         self._runner: Batcher | DirectRunner | None = None
+        self._admission: Admission | None = None
+        self.budget = ByteBudget(settings.max_decoding_bytes)
         self._ready = False
         self._shutting_down = False
         self.batching = False
@@ -67,10 +86,21 @@ class DataPlane:
                 model.predict,
                 max_batch_size=s.max_batch_size,
                 max_queue_delay=s.max_queue_delay_seconds,
+                max_queue_rows=s.max_queue_rows,
+                max_queue_requests=s.max_queue_requests,
+                max_queue_wait=s.max_queue_wait_seconds,
                 on_batch=self.metrics.observe_batch,
             )
         else:
-            self._runner = DirectRunner(model.predict, on_batch=self.metrics.observe_batch)
+            self._runner = DirectRunner(
+                model.predict, on_batch=self.metrics.observe_batch, max_queue_requests=s.max_queue_requests
+            )
+        self._admission = Admission(
+            info.inputs,
+            dynamic_batch=info.has_dynamic_batch,
+            max_rows=s.max_request_rows,
+            max_elements=s.max_request_bytes,
+        )
         self._runner.start()
         self._model = model
         seconds = time.perf_counter() - started
@@ -100,7 +130,8 @@ class DataPlane:
     # --- health and metadata -------------------------------------------------------------------------------
 
     def live(self) -> bool:
-        return True
+        """False when the model's worker has died: the kubelet's liveness probe then restarts the container."""
+        return self._runner is None or self._runner.is_alive()
 
     def ready(self) -> bool:
         return self._ready
@@ -138,16 +169,24 @@ class DataPlane:
 
     # --- inference -----------------------------------------------------------------------------------------
 
+    def admission(self, name: str, version: str | None) -> Admission:
+        """The check each input of a request to `name` passes before it is decoded; 404 / 503 at once."""
+        self._resolve(name, version)
+        admission = self._admission
+        if admission is None:
+            raise NotReady("the model is still loading")
+        return admission
+
     @contextmanager
     def request_scope(self, protocol: str) -> Iterator[RequestScope]:
         """Count one inference request in the metrics (in flight, then by code and latency)."""
-        scope = RequestScope()
+        scope = RequestScope(self.metrics)
         started = time.perf_counter()
         self.metrics.in_flight_now.inc()
         try:
             yield scope
         except ServingError as err:
-            scope.code = str(err.status)
+            scope.failed(err)
             raise
         except BaseException:
             scope.code = "500"
@@ -172,18 +211,20 @@ class DataPlane:
     async def infer(
         self, name: str, version: str | None, request: InferRequest, *, expected: bool = False
     ) -> InferResponse:
-        """Check the request against the model, run it (batched with others when possible), build the response."""
+        """Check the request against the model, run it (batched with others when possible), build the response.
+        With `expected`, this call ends the announcement made by expect(), whatever happens."""
         try:
             info = self._resolve(name, version)
             if self._shutting_down and not expected:
                 raise NotReady("the server is shutting down")
             feeds = self._feeds(info, request)
             requested = self._requested(info, request)
+            deadline = time.perf_counter() + self._queue_timeout(request)
             runner = self._runner
             if runner is None:
                 raise NotReady("the model is still loading")
-            future = runner.submit(feeds, expected=expected)
-            expected = False
+            handed, expected = expected, False
+            future = runner.submit(feeds, expected=handed, deadline=deadline)
         finally:
             if expected:
                 self.unexpect()
@@ -201,6 +242,17 @@ class DataPlane:
         return InferResponse(
             model_name=info.name, model_version=info.version, outputs=outputs, id=request.id, parameters={}
         )
+
+    def _queue_timeout(self, request: InferRequest) -> float:
+        """Seconds the request may wait in the queue: the setting, or less when the client's V2 `timeout`
+        parameter (microseconds, as Triton reads it) says so."""
+        limit = self.settings.queue_timeout_seconds
+        timeout = request.parameters.get("timeout")
+        if timeout is None:
+            return limit
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
+            raise InvalidInput("parameter 'timeout' must be a positive integer of microseconds")
+        return min(limit, timeout / 1_000_000)
 
     def _feeds(self, info: ModelInfo, request: InferRequest) -> Feeds:
         """The request's inputs checked against the model's: names, datatypes, ranks, fixed dimensions, batch."""
@@ -227,6 +279,16 @@ class DataPlane:
                 )
             if any(dim == 0 for dim in tensor.shape):
                 raise InvalidInput(f"input {tensor.name!r} has shape {list(tensor.shape)}: no dimension may be 0")
+            if info.has_dynamic_batch and tensor.shape[0] > self.settings.max_request_rows:
+                raise InvalidInput(
+                    f"input {tensor.name!r} has {tensor.shape[0]} rows; this server takes at most "
+                    f"{self.settings.max_request_rows} per request (MODELDEPLOY_MAX_REQUEST_ROWS)"
+                )
+            if tensor.data.dtype.kind == "f" and not self.settings.allow_non_finite and not _all_finite(tensor.data):
+                raise InvalidInput(
+                    f"input {tensor.name!r} holds NaN or Infinity (or a number too large for {tensor.datatype}); "
+                    "send finite values (the server takes non-finite ones with MODELDEPLOY_ALLOW_NON_FINITE=true)"
+                )
             feeds[tensor.name] = tensor.data
         missing = sorted(set(specs) - set(feeds))
         if missing:
@@ -251,6 +313,15 @@ class DataPlane:
             if wanted.classification < 0:
                 raise InvalidInput(f"output {wanted.name!r}: classification must be a positive count")
         return request.outputs
+
+
+def _all_finite(array: Any) -> bool:
+    """NaN and Infinity propagate into a sum, so a finite sum (one reduction) proves every value finite; only a
+    sum that overflowed needs the element-wise check."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(array.sum()):
+            return True
+    return bool(np.isfinite(array).all())
 
 
 def load_or_explain(plane: DataPlane) -> ModelInfo | None:

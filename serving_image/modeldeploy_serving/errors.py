@@ -25,6 +25,12 @@ class ModelNotFound(ServingError):
     status = 404
 
 
+class RequestTimeout(ServingError):
+    """The request's body did not arrive within MODELDEPLOY_BODY_TIMEOUT_SECONDS (a slow or stalled sender)."""
+
+    status = 408
+
+
 class PayloadTooLarge(ServingError):
     """The request body is larger than MODELDEPLOY_MAX_REQUEST_BYTES."""
 
@@ -41,6 +47,19 @@ class NotReady(ServingError):
     """The model is not loaded yet, or the server is shutting down; the client should retry elsewhere or later."""
 
     status = 503
+
+
+class Overloaded(ServingError):
+    """The server sheds this request (queue full, memory budget spent, or the request waited past its deadline):
+    503 with Retry-After on REST, RESOURCE_EXHAUSTED on gRPC; the client should retry later or elsewhere."""
+
+    status = 503
+
+    def __init__(self, message: str, *, reason: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """A metric label: queue_full, memory, deadline."""
+        self.retry_after = retry_after
 
 
 class InferenceFailed(ServingError):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 import grpc
@@ -10,9 +12,11 @@ import numpy as np
 
 from modeldeploy_serving import grpc_service_pb2 as pb
 from modeldeploy_serving import grpc_service_pb2_grpc as pb_grpc
-from modeldeploy_serving.codecs import check_shape, decode_raw, element_count, encode_raw, numpy_dtype
+from modeldeploy_serving.admission import Admit, admit_any
+from modeldeploy_serving.auth import TokenFile, grpc_auth_interceptor
+from modeldeploy_serving.codecs import decode_raw, element_count, encode_raw, numpy_dtype
 from modeldeploy_serving.dataplane import DataPlane
-from modeldeploy_serving.errors import InvalidInput, ServingError
+from modeldeploy_serving.errors import InvalidInput, Overloaded, ServingError
 from modeldeploy_serving.types import Array, InferInput, InferRequest, InferResponse, RequestedOutput
 
 log = logging.getLogger(__name__)
@@ -25,6 +29,8 @@ _STATUS_TO_CODE: Final = {
     415: grpc.StatusCode.INVALID_ARGUMENT,
     503: grpc.StatusCode.UNAVAILABLE,
 }
+
+_DECODE_OFF_LOOP_BYTES: Final = 256 * 1024
 
 # Which typed-contents field carries each datatype (FP16 has none: raw bytes only).
 _CONTENTS_FIELD: Final = {
@@ -70,14 +76,15 @@ def _typed_contents(name: str, datatype: str, shape: tuple[int, ...], contents: 
     return wide.astype(dtype).reshape(shape)
 
 
-def decode_grpc_request(request: Any) -> InferRequest:
-    """A ModelInferRequest as the typed request; raw_input_contents, when used, must cover every input in order."""
+def decode_grpc_request(request: Any, admit: Admit = admit_any) -> InferRequest:
+    """A ModelInferRequest as the typed request; raw_input_contents, when used, must cover every input in order.
+    Each input is admitted (name, datatype, shape) before its contents are converted."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
     inputs: list[InferInput] = []
     for i, tensor in enumerate(request.inputs):
-        shape = check_shape(tensor.name, list(tensor.shape))
+        shape = admit(tensor.name, tensor.datatype, list(tensor.shape[:33]))  # more than 32 dims: refused
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input {tensor.name!r}: contents and raw_input_contents are both set")
@@ -115,10 +122,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
+        # As on REST: large messages are converted off the event loop, one at a time.
+        self._decode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modeldeploy-grpc-decode")
 
     @staticmethod
     def _fail(context: Any, err: ServingError) -> None:
-        context.set_code(_STATUS_TO_CODE.get(err.status, grpc.StatusCode.INTERNAL))
+        if isinstance(err, Overloaded):
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        else:
+            code = _STATUS_TO_CODE.get(err.status, grpc.StatusCode.INTERNAL)
+        context.set_code(code)
         context.set_details(err.message)
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -153,34 +166,58 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         )
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        expected = self._plane.expect()
+        plane = self._plane
+        expected = plane.expect()
+        held = 0
         try:
-            with self._plane.request_scope("grpc") as scope:
+            with plane.request_scope("grpc") as scope:
                 try:
-                    decoded = decode_grpc_request(request)
-                    response = await self._plane.infer(
-                        request.model_name, request.model_version or None, decoded, expected=expected
+                    admit = plane.admission(request.model_name, request.model_version or None).tensor
+                    size = request.ByteSize()
+                    plane.budget.take(size)
+                    held = size
+                    if size > _DECODE_OFF_LOOP_BYTES:
+                        loop = asyncio.get_running_loop()
+                        decoded = await loop.run_in_executor(self._decode_pool, decode_grpc_request, request, admit)
+                    else:
+                        decoded = decode_grpc_request(request, admit)
+                    handed, expected = expected, False
+                    response = await plane.infer(
+                        request.model_name, request.model_version or None, decoded, expected=handed
                     )
-                    expected = False
                 except ServingError as err:
-                    scope.code = str(err.status)
+                    scope.failed(err)
                     self._fail(context, err)
                     return pb.ModelInferResponse()
                 return encode_grpc_response(response)
         finally:
             if expected:
-                self._plane.unexpect()
+                plane.unexpect()
+            plane.budget.give(held)
 
 
-def build_grpc_server(plane: DataPlane) -> Any:
-    """A grpc.aio server with the servicer on it (ports are added by the caller)."""
+def build_grpc_server(plane: DataPlane, tokens: TokenFile | None = None) -> Any:
+    """A grpc.aio server with the servicer on it (ports are added by the caller); with `tokens`, RPCs need a bearer
+    token in their `authorization` metadata, except the health RPCs when REST's health paths are open."""
     limit = plane.settings.max_request_bytes
+    interceptors = []
+    if tokens is not None:
+        open_paths = {p.strip() for p in plane.settings.auth_open_paths.split(",")}
+        open_methods = frozenset(
+            method
+            for method, path in (("ServerLive", "/v2/health/live"), ("ServerReady", "/v2/health/ready"))
+            if path in open_paths
+        )
+        interceptors.append(grpc_auth_interceptor(tokens, open_methods))
     server = grpc.aio.server(
+        interceptors=interceptors,
+        # Over this many RPCs at once, gRPC answers RESOURCE_EXHAUSTED itself.
+        maximum_concurrent_rpcs=plane.settings.max_concurrent_requests,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     return server

@@ -50,6 +50,13 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.shed = Counter(
+            "modeldeploy_requests_shed",
+            "Inference requests refused with 503 / RESOURCE_EXHAUSTED to bound the server's work, by reason: "
+            "queue_full, deadline (waited too long in the queue), memory (request bodies held at once).",
+            ["model", "reason"],
+            registry=self.registry,
+        )
         self.load_seconds = Gauge(
             "modeldeploy_model_load_seconds",
             "Seconds it took to load the model and warm it up.",
@@ -75,6 +82,9 @@ class Metrics:
         self._batch_size.observe(stats.rows)
         for seconds in stats.queue_seconds:
             self._queue_time.observe(seconds)
+
+    def observe_shed(self, reason: str) -> None:
+        self.shed.labels(self.model, reason).inc()
 
     def observe_request(self, protocol: str, code: str, seconds: float) -> None:
         children = self._request_children.get((protocol, code))

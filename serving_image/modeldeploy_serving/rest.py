@@ -6,9 +6,11 @@ Every error leaves as {"error": "..."} with the status its type carries.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 import numpy as np
@@ -20,9 +22,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from modeldeploy_serving.codecs import check_shape, decode_json_data, decode_raw, encode_json_data, encode_raw
+from modeldeploy_serving.admission import Admit, admit_any
+from modeldeploy_serving.auth import TokenFile
+from modeldeploy_serving.codecs import decode_json_data, decode_raw, encode_json_data, encode_raw
 from modeldeploy_serving.dataplane import DataPlane
-from modeldeploy_serving.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
+from modeldeploy_serving.errors import (
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServingError,
+    UnsupportedMediaType,
+)
 from modeldeploy_serving.types import InferInput, InferRequest, InferResponse, RequestedOutput
 
 log = logging.getLogger(__name__)
@@ -34,6 +45,8 @@ _ORJSON_OPTIONS: Final = orjson.OPT_SERIALIZE_NUMPY
 _INFER_PATH: Final = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 _JSON_HEADERS: Final = ((b"content-type", b"application/json"),)
 _BINARY_HEADERS: Final = ((b"content-type", b"application/octet-stream"),)
+# A body this large takes about a millisecond or more to decode (JSON): it is decoded off the event loop.
+_DECODE_OFF_LOOP_BYTES: Final = 256 * 1024
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -41,7 +54,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(err: ServingError) -> Response:
-    return json_response({"error": err.message}, status=err.status)
+    headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Overloaded) else None
+    return json_response({"error": err.message}, status=err.status, headers=headers)
 
 
 # --- pure codec: the V2 JSON request/response with the binary extension -----------------------------------------
@@ -57,8 +71,12 @@ def _parameters(value: Any, what: str) -> dict[str, Any]:
     return {} if value is None else _object(value, f"{what} 'parameters'")
 
 
-def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest:
-    """A V2 inference request from its body: JSON, or with the binary extension a JSON header then raw tensors."""
+def decode_infer_request(
+    body: bytes, header_length: int | None, admit: Admit = admit_any, max_values: int | None = None
+) -> InferRequest:
+    """A V2 inference request from its body: JSON, or with the binary extension a JSON header then raw tensors.
+    Each input is admitted (name, datatype, shape) before its data is decoded; a JSON part with more than
+    `max_values` values is refused before it is parsed."""
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
@@ -67,6 +85,7 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
                 f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)} bytes"
             )
         header, binary = body[:header_length], memoryview(body)[header_length:]
+    _check_value_count(header, max_values)
     try:
         document = orjson.loads(header)
     except orjson.JSONDecodeError as err:
@@ -87,7 +106,7 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
         datatype = tensor.get("datatype")
         if not isinstance(name, str) or not isinstance(datatype, str):
             raise InvalidInput(f"inputs[{i}] needs a string 'name' and a string 'datatype'")
-        shape = check_shape(name, tensor.get("shape"))
+        shape = admit(name, datatype, tensor.get("shape"))
         binary_size = _parameters(tensor.get("parameters"), f"input {name!r}").get("binary_data_size")
         if binary_size is not None:
             if isinstance(binary_size, bool) or not isinstance(binary_size, int) or binary_size < 0:
@@ -128,6 +147,21 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
     return InferRequest(inputs, outputs, request_id, params, binary_default)
 
 
+def _check_value_count(document: bytes, max_values: int | None) -> None:
+    """Every JSON value after the first follows a comma: counting commas (a C loop, about 1 ms per MiB) bounds the
+    values, and so the memory that parsing would take, before the parser runs."""
+    if max_values is not None:
+        _check_values(document.count(b",") + 1, max_values)
+
+
+def _check_values(values: int, max_values: int) -> None:
+    if values > max_values:
+        raise InvalidInput(
+            f"the JSON body holds at least {values} values; the model's inputs take at most {max_values} in one "
+            "request (MODELDEPLOY_MAX_REQUEST_ROWS rows): send fewer rows per request"
+        )
+
+
 def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it (else None)."""
     outputs: list[dict[str, Any]] = []
@@ -156,8 +190,11 @@ def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
     return header + b"".join(blobs), len(header)
 
 
-def decode_predict_request(body: bytes, input_specs: list[tuple[str, str]]) -> InferRequest:
+def decode_predict_request(
+    body: bytes, input_specs: list[tuple[str, str]], admit: Admit = admit_any, max_values: int | None = None
+) -> InferRequest:
     """A TF-Serving `:predict` body ({"instances": [...]} row format or {"inputs": ...} columnar) as a V2 request."""
+    _check_value_count(body, max_values)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as err:
@@ -188,12 +225,19 @@ def decode_predict_request(body: bytes, input_specs: list[tuple[str, str]]) -> I
         datatype = datatypes.get(name)
         if datatype is None:
             raise InvalidInput(f"unknown input {name!r}; the model's inputs are {names}")
-        try:
-            shape = tuple(int(d) for d in np.shape(value))
-        except ValueError:
-            raise InvalidInput(f"input {name!r}: instances are not all of the same shape") from None
+        shape = admit(name, datatype, _leading_shape(value))
         inputs.append(InferInput(name, datatype, shape, decode_json_data(name, datatype, shape, value)))
     return InferRequest(inputs)
+
+
+def _leading_shape(value: Any) -> list[int]:
+    """The shape of nested lists read along their first elements (decode_json_data checks the rest); not numpy's
+    np.shape, which would convert the whole value before anything is admitted."""
+    shape: list[int] = []
+    while isinstance(value, list) and len(shape) <= 32:
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
 
 
 def encode_predict_response(response: InferResponse) -> bytes:
@@ -216,9 +260,11 @@ def _rows(array: Any) -> list[Any]:
 # --- the ASGI application ---------------------------------------------------------------------------------------
 
 
-def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The ASGI application serving `plane` over HTTP: Starlette, with POST .../infer answered before its router."""
+def build_app(plane: DataPlane, tokens: TokenFile | None = None) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The ASGI application serving `plane` over HTTP: Starlette, with POST .../infer answered before its router.
+    With `tokens`, every path but the settings' open paths needs `Authorization: Bearer <token>`."""
     limit = plane.settings.max_request_bytes
+    open_paths = frozenset(p.strip() for p in plane.settings.auth_open_paths.split(",") if p.strip())
 
     async def read_body(request: Request) -> bytes:
         """The body, refusing (413) as soon as it is known to be over the limit, before buffering it whole."""
@@ -241,13 +287,27 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def read_raw_body(receive: Receive, declared: str | None) -> bytes | None:
-        """read_body on the ASGI messages themselves; None when the client went away before sending it all."""
+    budget = plane.budget
+    body_timeout = plane.settings.body_timeout_seconds
+    # Bodies larger than this are decoded on a worker thread: the event loop keeps answering health probes and
+    # reading other requests meanwhile. One thread, so that decoding never holds more than one large body's objects.
+    decode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modeldeploy-decode")
+
+    async def read_raw_body(
+        receive: Receive, declared: str | None, held: list[int], max_values: int | None
+    ) -> bytes | None:
+        """read_body on the ASGI messages themselves; None when the client went away before sending it all. The
+        bytes are taken from the server's budget (all at once when Content-Length says how many); `held` says how
+        many this request holds, for the caller to give back. A JSON body is refused as soon as it holds more
+        values than `max_values`, before the rest of it is read."""
+        commas = 0
         if declared is not None:
             if not declared.isdigit():
                 raise InvalidInput(f"Content-Length {declared!r} is not a number")
             if int(declared) > limit:
                 raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
+            budget.take(int(declared))
+            held[0] = int(declared)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -259,6 +319,12 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                if size > held[0]:
+                    budget.take(size - held[0])
+                    held[0] = size
+                if max_values is not None:
+                    commas += chunk.count(b",")
+                    _check_values(commas + 1, max_values)
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -276,6 +342,7 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
             elif key == b"content-encoding":
                 encoding = value.decode("latin-1")
         expected = plane.expect()
+        held = [0]
         status = 200
         headers: tuple[tuple[bytes, bytes], ...] = _JSON_HEADERS
         try:
@@ -285,21 +352,45 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
                         raise UnsupportedMediaType(
                             f"Content-Encoding {encoding.lower()!r} is not supported; send the body uncompressed"
                         )
-                    raw = await read_raw_body(receive, declared)
+                    admission = plane.admission(name, version)  # 404 / 503 before the body is read
+                    max_values = admission.max_json_values if header_value is None else None
+                    try:
+                        async with asyncio.timeout(body_timeout):  # no task per request, unlike wait_for
+                            raw = await read_raw_body(receive, declared, held, max_values)
+                    except TimeoutError:
+                        raise RequestTimeout(
+                            f"the request body did not arrive within {body_timeout:g} s; send it at once"
+                        ) from None
                     if raw is None:
                         metric.code = "499"  # the client closed the connection; nobody reads an answer
                         return
                     if header_value is not None and not header_value.isdigit():
                         raise InvalidInput(f"Inference-Header-Content-Length {header_value!r} is not a number")
-                    decoded = decode_infer_request(raw, None if header_value is None else int(header_value))
-                    response = await plane.infer(name, version, decoded, expected=expected)
-                    expected = False
+                    length = None if header_value is None else int(header_value)
+                    if len(raw) > _DECODE_OFF_LOOP_BYTES:
+                        loop = asyncio.get_running_loop()
+                        decoded = await loop.run_in_executor(
+                            decode_pool,
+                            decode_infer_request,
+                            raw,
+                            length,
+                            admission.tensor,
+                            admission.max_json_values,
+                        )
+                    else:
+                        decoded = decode_infer_request(raw, length, admission.tensor, admission.max_json_values)
+                    del raw
+                    handed, expected = expected, False
+                    response = await plane.infer(name, version, decoded, expected=handed)
+                    del decoded
                     body, json_length = encode_infer_response(response)
                     if json_length is not None:
                         headers = (*_BINARY_HEADERS, (b"inference-header-content-length", str(json_length).encode()))
                 except ServingError as err:
-                    metric.code = str(err.status)
+                    metric.failed(err)
                     status, body = err.status, orjson.dumps({"error": err.message})
+                    if isinstance(err, Overloaded):
+                        headers = (*_JSON_HEADERS, (b"retry-after", str(err.retry_after).encode()))
                 except Exception as exc:  # the same 500 as the other endpoints get from internal_error
                     metric.code = "500"
                     log.exception("unexpected error in POST %s", scope["path"], exc_info=exc)
@@ -308,6 +399,7 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
         finally:
             if expected:
                 plane.unexpect()
+            budget.give(held[0])
         await send(
             {
                 "type": "http.response.start",
@@ -332,17 +424,26 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
         version = request.path_params.get("version")
         with plane.request_scope("rest") as scope:
             try:
-                body = await read_body(request)
+                try:
+                    async with asyncio.timeout(body_timeout):
+                        body = await read_body(request)
+                except TimeoutError:
+                    raise RequestTimeout(
+                        f"the request body did not arrive within {body_timeout:g} s; send it at once"
+                    ) from None
+                admission = plane.admission(name, version)
                 info = plane.info
                 specs = [(t.name, t.datatype) for t in info.inputs] if info is not None else []
-                response = await plane.infer(name, version, decode_predict_request(body, specs))
+                decoded = decode_predict_request(body, specs, admission.tensor, admission.max_json_values)
+                response = await plane.infer(name, version, decoded)
             except ServingError as err:
-                scope.code = str(err.status)
+                scope.failed(err)
                 return error_response(err)
             return Response(encode_predict_response(response), media_type=_JSON)
 
     async def live(request: Request) -> Response:
-        return json_response({"live": plane.live()})
+        is_live = plane.live()
+        return json_response({"live": is_live}, status=200 if is_live else 503)
 
     async def ready(request: Request) -> Response:
         is_ready = plane.ready()
@@ -396,7 +497,24 @@ def build_app(plane: DataPlane) -> Callable[[Scope, Receive, Send], Awaitable[No
         exception_handlers={ServingError: serving_error, HTTPException: http_error, Exception: internal_error},
     )
 
+    async def unauthorized(send: Send) -> None:
+        body = orjson.dumps({"error": "missing or wrong bearer token: send the header Authorization: Bearer <token>"})
+        headers = [*_JSON_HEADERS, (b"www-authenticate", b'Bearer realm="modeldeploy"')]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if tokens is not None and scope["type"] == "http" and scope["path"] not in open_paths:
+            authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+            if not tokens.accepts(authorization):
+                await unauthorized(send)  # before the body is read or anything else runs
+                return
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             match = _INFER_PATH.fullmatch(scope["path"])
             if match is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ class OnnxModel:
             card = read_model_card(model_dir)
         except ContractError as err:
             raise ModelLoadError(str(err)) from err
+        # The bytes onnxruntime loads are the bytes whose digest was checked: no window for the file to change.
+        model_bytes = _read_verified(model_path, card)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -66,9 +69,10 @@ class OnnxModel:
         # The arena stays on: without it every run maps and faults its buffers afresh (about 1.5x slower).
         options.enable_mem_pattern = False
         try:
-            session = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
         except _ort_errors() as err:
             raise ModelLoadError(f"onnxruntime cannot load {model_path}: {err}") from err
+        del model_bytes
         inputs = tuple(_metadata(arg, "input") for arg in session.get_inputs())
         outputs = tuple(_metadata(arg, "output") for arg in session.get_outputs())
         if card is not None:
@@ -112,6 +116,40 @@ class OnnxModel:
             except InferenceFailed as err:
                 raise ModelLoadError(f"warm-up with batch size {batch} failed: {err.message}") from err
         return time.perf_counter() - started
+
+
+def _read_verified(model_path: Path, card: dict[str, Any] | None) -> bytes:
+    """model.onnx's bytes, checked against the size and sha256 the card records for it (a card always records
+    them, docs/contracts/model-artifact.md); without a card, as they are. A mismatch means the file is not the
+    model that was trained (a partial copy, a corrupted volume, a file swapped in): refuse to serve it."""
+    card_path = model_path.parent / MODEL_CARD_FILE
+    if card is None:
+        return model_path.read_bytes()
+    files = card.get("files")
+    recorded = files.get(MODEL_FILE) if isinstance(files, dict) else None
+    if (
+        not isinstance(recorded, dict)
+        or not isinstance(recorded.get("sha256"), str)
+        or not isinstance(recorded.get("sizeBytes"), int)
+    ):
+        raise ModelLoadError(
+            f"{card_path} records no size and sha256 for {MODEL_FILE} (files.{MODEL_FILE}.sizeBytes and .sha256): "
+            f"the card cannot vouch for the model; fix the card, or remove it to serve {MODEL_FILE} unchecked"
+        )
+    size = model_path.stat().st_size
+    if size != recorded["sizeBytes"]:
+        raise ModelLoadError(
+            f"{model_path} has {size} bytes but its card records {recorded['sizeBytes']}: the file is not the model "
+            "that was trained (incomplete copy or replaced); restore it or retrain"
+        )
+    data = model_path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != recorded["sha256"].lower():
+        raise ModelLoadError(
+            f"{model_path} has sha256 {digest} but its card records {recorded['sha256']}: the file is not the model "
+            "that was trained (corrupted or replaced); restore it or retrain"
+        )
+    return data
 
 
 def _ort_errors() -> tuple[type[Exception], ...]:

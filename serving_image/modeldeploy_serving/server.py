@@ -13,12 +13,15 @@ import ctypes
 import gc
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Final
 
 import uvicorn
 
+from modeldeploy_serving.auth import ReloadingCertificate, TokenFile
 from modeldeploy_serving.dataplane import DataPlane, load_or_explain
 from modeldeploy_serving.rest import build_app
 from modeldeploy_serving.settings import Settings
@@ -54,8 +57,18 @@ class ServingProcess:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
+        try:
+            tokens = TokenFile(Path(s.auth_token_file)) if s.auth_token_file else None
+            certificate = (
+                ReloadingCertificate(Path(s.tls_cert_file), Path(s.tls_key_file))
+                if s.tls_cert_file and s.tls_key_file
+                else None
+            )
+        except (OSError, ValueError, ssl.SSLError) as err:
+            log.error("cannot serve with the auth/TLS files given: %s", err)
+            return EXIT_CANNOT_SERVE
         config = uvicorn.Config(
-            build_app(self.plane),
+            build_app(self.plane, tokens),
             host=s.host,
             port=s.http_port,
             loop="none",
@@ -64,16 +77,29 @@ class ServingProcess:
             access_log=False,
             log_config=None,
             timeout_graceful_shutdown=int(max(1, s.shutdown_grace_seconds)),
+            # Over this many connections and tasks at once, uvicorn answers 503 itself.
+            limit_concurrency=s.max_concurrent_requests,
             server_header=False,
         )
+        if certificate is not None:
+            # uvicorn's own context would read the files once; ours is reloaded when they change (below).
+            config.load()
+            config.ssl = certificate.context
+            reloader = asyncio.create_task(_reload_every_second(certificate), name="tls-reload")
         self._http = _Uvicorn(config)
         http_task = asyncio.create_task(self._http.serve(), name="http")
         if s.grpc_port:
             from modeldeploy_serving.grpc_server import build_grpc_server  # noqa: PLC0415 - grpc costs memory
 
-            self._grpc = build_grpc_server(self.plane)
+            self._grpc = build_grpc_server(self.plane, tokens)
+            address = f"{_grpc_host(s.host)}:{s.grpc_port}"
             try:
-                self._grpc.add_insecure_port(f"{_grpc_host(s.host)}:{s.grpc_port}")
+                if certificate is not None:
+                    from modeldeploy_serving.auth import grpc_credentials  # noqa: PLC0415 - with grpc
+
+                    self._grpc.add_secure_port(address, grpc_credentials(certificate))
+                else:
+                    self._grpc.add_insecure_port(address)
             except RuntimeError as err:  # grpc says "Failed to bind": the port is taken or the host is wrong
                 log.error("cannot listen for gRPC on %s:%d: %s", s.host, s.grpc_port, err)
                 self._grpc = None
@@ -98,6 +124,8 @@ class ServingProcess:
                 f" and grpc {s.host}:{s.grpc_port}" if s.grpc_port else "",
             )
         await self._stopping.wait()
+        if certificate is not None:
+            reloader.cancel()
         await self._drain(http_task)
         return self._exit_code
 
@@ -152,6 +180,13 @@ def _return_free_heap() -> None:
     except (OSError, AttributeError):
         return
     trim(0)
+
+
+async def _reload_every_second(certificate: ReloadingCertificate) -> None:
+    """New HTTPS connections get the certificate files' current pair (a rotated Secret) without a restart."""
+    while True:
+        await asyncio.sleep(1.0)
+        certificate.refresh()
 
 
 def _grpc_host(host: str) -> str:

@@ -51,6 +51,50 @@ class Settings:
     max_request_bytes: int = 16 * 1024 * 1024
     """Request bodies larger than this get 413 (REST) or RESOURCE_EXHAUSTED (gRPC)."""
 
+    max_request_rows: int = 4096
+    """Requests with more rows (first dimension) than this get 400; rows over max_batch_size run in several batches."""
+
+    max_queue_rows: int = 1024
+    """Rows queued for the model at most; a request that would go over is shed at once (503 / RESOURCE_EXHAUSTED)."""
+
+    max_queue_requests: int = 512
+    """Requests queued for the model at most; over it, shed like max_queue_rows."""
+
+    max_queue_wait_ms: int = 500
+    """Work queued at most, in milliseconds of model time (queued rows x the recent runs' time per row); a request
+    that would go over is shed at once. This bounds the latency of the requests admitted under overload."""
+
+    queue_timeout_ms: int = 5000
+    """A request that waited this long in the queue is answered 503 instead of being run for nobody; a client's V2
+    `timeout` parameter (microseconds, as Triton's) may shorten it."""
+
+    max_decoding_bytes: int = 64 * 1024 * 1024
+    """Request bodies held at once (being read or decoded), in bytes; a body that would go over is shed (503)."""
+
+    body_timeout_seconds: float = 30.0
+    """A request body must have arrived this long after its headers, else 408: a slow sender holds no budget longer."""
+
+    max_concurrent_requests: int = 256
+    """Connections (HTTP) and RPCs (gRPC) served at once per protocol; over it, 503 / RESOURCE_EXHAUSTED."""
+
+    allow_non_finite: bool = False
+    """Accept NaN and Infinity in float inputs (binary and gRPC data; JSON cannot carry them). Off: 400."""
+
+    auth_token_file: str | None = None
+    """A file of bearer tokens, one per line (a mounted Secret); set, every request but the open paths needs
+    `Authorization: Bearer <token>` (REST) or `authorization` metadata (gRPC). Re-read when it changes."""
+
+    auth_open_paths: str = "/v2/health/live,/v2/health/ready,/metrics"
+    """Comma-separated REST paths reachable without a token (the kubelet's probes, Prometheus); gRPC's ServerLive
+    and ServerReady are open when the REST health paths are."""
+
+    tls_cert_file: str | None = None
+    """PEM certificate (chain) for HTTPS and gRPC TLS, e.g. `tls.crt` of a kubernetes.io/tls Secret; re-read when
+    it changes, for new connections. Needs tls_key_file."""
+
+    tls_key_file: str | None = None
+    """PEM private key of tls_cert_file (`tls.key`)."""
+
     shutdown_grace_seconds: float = 20.0
     """After SIGTERM: not ready at once, in-flight requests finish within this bound, then the process exits."""
 
@@ -60,6 +104,14 @@ class Settings:
     @property
     def max_queue_delay_seconds(self) -> float:
         return self.max_queue_delay_us / 1_000_000
+
+    @property
+    def max_queue_wait_seconds(self) -> float:
+        return self.max_queue_wait_ms / 1000
+
+    @property
+    def queue_timeout_seconds(self) -> float:
+        return self.queue_timeout_ms / 1000
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -90,12 +142,38 @@ class Settings:
             raise SettingsError("MODELDEPLOY_HTTP_PORT=0: the HTTP port carries health and cannot be turned off")
         if self.grpc_port != 0 and self.grpc_port == self.http_port:
             raise SettingsError(f"MODELDEPLOY_GRPC_PORT and MODELDEPLOY_HTTP_PORT are both {self.http_port}")
-        positive = ("intra_op_threads", "max_batch_size", "max_request_bytes")
+        positive = (
+            "intra_op_threads",
+            "max_batch_size",
+            "max_request_bytes",
+            "max_request_rows",
+            "max_queue_rows",
+            "max_queue_requests",
+            "queue_timeout_ms",
+            "max_queue_wait_ms",
+            "max_decoding_bytes",
+            "max_concurrent_requests",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env(name)}={getattr(self, name)} must be at least 1")
+        if self.max_decoding_bytes < self.max_request_bytes:
+            raise SettingsError(
+                f"MODELDEPLOY_MAX_DECODING_BYTES={self.max_decoding_bytes} is below MODELDEPLOY_MAX_REQUEST_BYTES="
+                f"{self.max_request_bytes}: a body of the largest allowed size could never be read"
+            )
         if self.max_queue_delay_us < 0:
             raise SettingsError(f"MODELDEPLOY_MAX_QUEUE_DELAY_US={self.max_queue_delay_us} must not be negative")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise SettingsError(
+                "MODELDEPLOY_TLS_CERT_FILE and MODELDEPLOY_TLS_KEY_FILE go together: set both or neither"
+            )
+        for name in ("auth_token_file", "tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise SettingsError(f"{_env(name)}={path} is not a readable file")
+        if self.body_timeout_seconds <= 0:
+            raise SettingsError(f"MODELDEPLOY_BODY_TIMEOUT_SECONDS={self.body_timeout_seconds} must be positive")
         if self.shutdown_grace_seconds < 0:
             raise SettingsError(
                 f"MODELDEPLOY_SHUTDOWN_GRACE_SECONDS={self.shutdown_grace_seconds} must not be negative"

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from md_factories import make_md
-from modeldeploy_operator import builders, naming
+from modeldeploy_operator import builders, naming, observed
 from modeldeploy_operator.settings import Settings
 
 from modeldeploy import contracts
@@ -152,3 +152,83 @@ def test_cleanup_job_runs_where_training_ran() -> None:
     assert pod["nodeSelector"] == {"modeldeploy.dev/node": "real"}
     assert pod["tolerations"] == [{"key": "modeldeploy.dev/real-node", "operator": "Exists"}]
     assert pod["containers"][0]["command"][-1] == "/models/digits/v0"
+
+
+def test_auth_and_tls_mount_the_users_secrets_as_files_and_probe_over_https() -> None:
+    serving = {"auth": {"secretName": "tokens-secret"}, "tls": {"secretName": "cert-manager-tls"}}
+    md = make_md({**make_md()["spec"], "serving": serving})
+    pod = builders.build_deployment(md, {"version": "vabc", "path": "digits/vabc"}, SETTINGS)["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = _env(container)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert volumes["auth-tokens"]["secret"]["secretName"] == "tokens-secret"
+    assert volumes["tls"]["secret"]["secretName"] == "cert-manager-tls"
+    assert {i["key"] for i in volumes["tls"]["secret"]["items"]} == {"tls.crt", "tls.key"}
+    for name in ("auth-tokens", "tls"):
+        assert mounts[name]["readOnly"] is True
+        assert "subPath" not in mounts[name]  # a subPath mount would never see the Secret change
+    assert env["MODELDEPLOY_AUTH_TOKEN_FILE"] == f"{mounts['auth-tokens']['mountPath']}/tokens"
+    assert env["MODELDEPLOY_TLS_CERT_FILE"] == f"{mounts['tls']['mountPath']}/tls.crt"
+    assert env["MODELDEPLOY_TLS_KEY_FILE"] == f"{mounts['tls']['mountPath']}/tls.key"
+    # The kubelet's probes and Prometheus reach their paths without a token; the probes speak HTTPS.
+    assert env["MODELDEPLOY_AUTH_OPEN_PATHS"].split(",") == ["/v2/health/live", "/v2/health/ready", "/metrics"]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_protected_metrics_need_the_token_and_no_auth_changes_nothing() -> None:
+    md = make_md({**make_md()["spec"], "serving": {"auth": {"secretName": "t", "protectMetrics": True}}})
+    container = builders.build_deployment(md, {"version": "v", "path": "digits/v"}, SETTINGS)["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    assert "/metrics" not in _env(container)["MODELDEPLOY_AUTH_OPEN_PATHS"]
+    assert "scheme" not in container["readinessProbe"]["httpGet"]  # no TLS: the probes as before
+    plain = builders.build_deployment(make_md(), {"version": "v", "path": "digits/v"}, SETTINGS)
+    plain_container = plain["spec"]["template"]["spec"]["containers"][0]
+    assert not any(name.startswith(("MODELDEPLOY_AUTH", "MODELDEPLOY_TLS")) for name in _env(plain_container))
+    assert {v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]} == {"models", "tmp"}
+
+
+def test_network_policy_admits_only_the_serving_ports_from_what_allow_from_names() -> None:
+    default = builders.build_network_policy(make_md())
+    assert default is not None
+    assert default["spec"]["podSelector"] == {"matchLabels": naming.serving_selector("digits")}
+    assert default["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = default["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {}}]  # every pod of the ModelDeployment's own namespace, nobody else
+    assert [p["port"] for p in rule["ports"]] == [8080, 8081]
+    assert default["metadata"]["ownerReferences"][0]["controller"] is True
+    peers = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}},
+        {"namespaceSelector": {"matchLabels": {"team": "web"}}},
+    ]  # fmt: skip
+    md = make_md({**make_md()["spec"], "serving": {"allowFrom": peers, "port": 9000}})
+    policy = builders.build_network_policy(md)
+    assert policy is not None
+    assert policy["spec"]["ingress"][0]["from"] == peers
+    assert policy["spec"]["ingress"][0]["ports"][0]["port"] == 9000
+    assert builders.build_network_policy(make_md({**make_md()["spec"], "serving": {"networkPolicy": False}})) is None
+
+
+def test_a_crash_looping_server_says_why_in_the_pod_summary() -> None:
+    dep = builders.build_deployment(make_md(), {"version": "v", "path": "digits/v"}, SETTINGS)
+    assert dep["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    why = "cannot serve /models/digits/v: /models/digits/v/model.onnx has sha256 ab12 but its card records cd34"
+    pod = {
+        "metadata": {"name": "digits-1", "labels": {naming.LABEL_COMPONENT: naming.COMPONENT_SERVING}},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": naming.SERVING_CONTAINER,
+                    "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": f"INFO loading\nERROR {why}\n"}},
+                }
+            ],
+        },
+    }
+    assert observed.summarize_pod(pod).broken_reason == f"container serving is in CrashLoopBackOff: ERROR {why}"

@@ -55,7 +55,7 @@ def test_succeeded_job_records_the_report_and_deploys_that_version() -> None:
     assert plan.status["versions"][0]["path"] == f"digits/v{short}"
     assert plan.status["compression"]["quantization"] == "dynamic-uint8"
     assert plan.status["compression"]["accuracy"] == 0.95
-    assert _kinds(plan.apply) == ["Deployment", "Service"]
+    assert _kinds(plan.apply) == ["Deployment", "Service", "NetworkPolicy"]
     assert plan.status["phase"] == "Deploying"
     assert _conditions(plan)["Trained"]["status"] == "True"
     assert _conditions(plan)["Compressed"]["status"] == "True"
@@ -75,7 +75,8 @@ def test_ready_only_when_every_desired_replica_of_the_current_version_is_ready()
     assert full.status["phase"] == "Ready"
     assert _conditions(full)["Ready"]["status"] == "True"
     assert full.status["readyDisplay"] == "3/3"
-    assert full.apply == [builders.build_service(md)]  # the Deployment matches; only the missing Service
+    # The Deployment matches; only the missing Service and NetworkPolicy.
+    assert full.apply == [builders.build_service(md), builders.build_network_policy(md)]
 
 
 def test_failed_job_reports_the_termination_message_and_does_not_retry() -> None:
@@ -145,7 +146,7 @@ def test_with_autoscaling_the_hpa_s_replica_count_is_left_alone() -> None:
         deployment=scaled, hpa=ChildState("digits", hpa["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH])
     )
     plan = decide.decide(md, observed, SETTINGS, NOW)
-    assert _kinds(plan.apply) == ["Service"]
+    assert _kinds(plan.apply) == ["Service", "NetworkPolicy"]
     assert plan.status["phase"] == "Ready"
     assert plan.status["desiredReplicas"] == 7
 
@@ -244,3 +245,15 @@ def test_a_whole_lifecycle_posts_three_events_and_writes_status_only_on_news() -
     assert [e.reason for e in events] == ["Training", "Deploying", "Ready"]  # one per phase, conditions in the note
     assert "Trained=True" in events[1].message and "Compressed=True" in events[1].message
     assert writes == 5  # creation, trained, Deployment seen, a pod Pending, Ready: no write while training runs
+
+
+def test_the_network_policy_is_applied_once_and_deleted_when_turned_off() -> None:
+    md, _ = _trained(make_md())
+    policy = builders.build_network_policy(md)
+    assert policy is not None
+    stamp = ChildState("digits", policy["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH])
+    plan = decide.decide(md, Observed(network_policy=stamp), SETTINGS, NOW)
+    assert "NetworkPolicy" not in _kinds(plan.apply)  # in place and unchanged: nothing to write
+    off = {**md, "spec": {**md["spec"], "serving": {**md["spec"]["serving"], "networkPolicy": False}}}
+    plan = decide.decide(off, Observed(network_policy=stamp), SETTINGS, NOW)
+    assert ("NetworkPolicy", "digits") in plan.delete

@@ -279,3 +279,35 @@ def test_operator_writes_status_only_through_the_status_subresource(
     fields = json.loads(shown)["metadata"]["managedFields"]
     ours = [f for f in fields if f["manager"] == "modeldeploy-operator"]
     assert ours and all(f.get("subresource") == "status" for f in ours)
+
+
+def test_auth_tls_and_network_policy_objects_appear_and_the_policy_goes_when_turned_off(
+    operator: OperatorProcess, models: Models, kubectl: Any, namespace: str
+) -> None:
+    """What the operator makes of spec.serving.auth, .tls and .allowFrom on the real API server (kwok plays the
+    pods, so the Secrets are named, not mounted; no CNI here enforces the policy: the object is what is tested)."""
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    serving = {
+        "replicas": 1,
+        "auth": {"secretName": "digits-tokens"},
+        "tls": {"secretName": "digits-tls"},
+        "allowFrom": [prometheus, {"podSelector": {}}],
+    }
+    models.apply("guarded", {**DIGITS, "serving": serving})
+    models.wait_phase("guarded", "Ready")
+    policy = wait_until(lambda: models.get("networkpolicy", "guarded"), timeout=30, what="the NetworkPolicy")
+    assert policy["metadata"]["ownerReferences"][0]["name"] == "guarded"
+    assert policy["spec"]["podSelector"]["matchLabels"]["modeldeploy.dev/model"] == "guarded"
+    assert policy["spec"]["ingress"][0]["from"] == [prometheus, {"podSelector": {}}]
+    pod_spec = models.get("deployment", "guarded")["spec"]["template"]["spec"]
+    secrets = {v["secret"]["secretName"] for v in pod_spec["volumes"] if "secret" in v}
+    assert secrets == {"digits-tokens", "digits-tls"}
+    assert pod_spec["automountServiceAccountToken"] is False
+    assert pod_spec["containers"][0]["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    kubectl(
+        "patch", "md/guarded", "-n", namespace, "--type=merge", "-p", '{"spec":{"serving":{"networkPolicy":false}}}'
+    )
+    wait_until(lambda: models.get("networkpolicy", "guarded") is None, timeout=30, what="the NetworkPolicy deleted")

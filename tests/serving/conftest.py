@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .onnx_models import DIGIT_LABELS, digits_cnn, slow_mlp, two_input_model, write_card
+from .onnx_models import DIGIT_LABELS, digits_cnn, slow_mlp, strings_model, two_input_model, write_card
 
 READY_LINE = "ready in"
 
@@ -132,7 +132,8 @@ def start_server(model_dir: Path, *args: str, env: dict[str, str] | None = None,
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Model directories: the digits classifier with a card, the same without a card, two inputs, a slow MLP."""
+    """Model directories: the digits classifier with a card, the same without a card, two inputs, a slow MLP, a
+    BYTES echo."""
     root = tmp_path_factory.mktemp("models")
     digits = root / "digits" / "v0123456789ab"
     digits_cnn(digits / "model.onnx")
@@ -146,7 +147,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_card(two, "two")
     slow = root / "slow"
     slow_mlp(slow / "model.onnx")
-    return {"digits": digits, "bare": bare, "fixed": fixed, "two": two, "slow": slow}
+    strings = root / "strings"
+    strings_model(strings / "model.onnx")
+    return {"digits": digits, "bare": bare, "fixed": fixed, "two": two, "slow": slow, "strings": strings}
 
 
 @pytest.fixture(scope="session")

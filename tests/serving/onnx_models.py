@@ -148,6 +148,17 @@ def two_input_model(path: Path) -> Path:
     return _save(graph, path)
 
 
+def strings_model(path: Path) -> Path:
+    """A BYTES input: text STRING [batch] -> same (Identity), for the checks of BYTES requests."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["echo"])],
+        "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch"])],
+    )
+    return _save(graph, path)
+
+
 def write_card(version_dir: Path, name: str, *, labels: list[str] | None = None, **extra: Any) -> dict[str, Any]:
     """A model card for the model.onnx in `version_dir`, with the fields the contract requires."""
     import onnxruntime as ort  # noqa: PLC0415 - only the card writer needs a session

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from .conftest import ServerProcess, start_server
-from .onnx_models import DIGIT_LABELS
+from .onnx_models import DIGIT_LABELS, digits_cnn
 
 
 def reference(model_dir: Path, x: np.ndarray) -> np.ndarray:
@@ -189,14 +189,14 @@ def _with(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
         ("/v2/models/digits/infer", _with(("inputs", 0, "shape"), [1, 8, 8]), 400, "the model needs [-1, 8, 8, 1]"),
         ("/v2/models/digits/infer", _with(("inputs", 0, "shape"), [2, 8, 8, 1]), 400, "needs 128 elements"),
         ("/v2/models/digits/infer", _with(("inputs", 0, "datatype"), "FP64"), 400, "the model needs FP32"),
-        ("/v2/models/digits/infer", _with(("inputs", 0, "datatype"), "FLOAT"), 400, "unknown datatype"),
+        ("/v2/models/digits/infer", _with(("inputs", 0, "datatype"), "FLOAT"), 400, "the model needs FP32"),
         ("/v2/models/digits/infer", _with(("inputs", 0, "data"), ["a"] * 64), 400, "must be numbers"),
         ("/v2/models/digits/infer", _with(("inputs", 0, "shape"), [-1, 8, 8, 1]), 400, "non-negative"),
         ("/v2/models/digits/infer", _with(("outputs",), [{"name": "logits"}]), 400, "unknown output 'logits'"),
         ("/v2/models/digits/infer", _with(("inputs",), []), 400, "non-empty list"),
         ("/v2/models/nope/infer", GOOD, 404, "unknown model 'nope'"),
         ("/v2/models/digits/versions/v9/infer", GOOD, 404, "unknown version 'v9'"),
-        ("/v1/models/digits:predict", {"instances": [[1, 2], [3]]}, 400, "same shape"),
+        ("/v1/models/digits:predict", {"instances": [[1, 2], [3]]}, 400, "the model needs [-1, 8, 8, 1]"),
         ("/v1/models/digits:predict", {"rows": []}, 400, "needs 'instances'"),
     ],
 )
@@ -253,6 +253,9 @@ def test_metrics_count_requests_by_code(server: ServerProcess, client: httpx.Cli
         ("no-model", "model.onnx is missing"),
         ("corrupt-model", "onnxruntime cannot load"),
         ("corrupt-card", "not readable JSON"),
+        ("model-replaced", "but its card records"),
+        ("model-truncated", "bytes but its card records"),
+        ("card-without-files", "records no size and sha256"),
     ],
 )
 def test_an_unservable_artifact_exits_non_zero_saying_why(
@@ -266,6 +269,17 @@ def test_an_unservable_artifact_exits_non_zero_saying_why(
     if setup == "corrupt-card":
         (target / "model.onnx").write_bytes((models["digits"] / "model.onnx").read_bytes())
         (target / "model.json").write_text("{")
+    if setup in ("model-replaced", "model-truncated", "card-without-files"):
+        card = json.loads((models["digits"] / "model.json").read_text())
+        model = (models["digits"] / "model.onnx").read_bytes()
+        if setup == "model-replaced":  # another model of the same size: only the digest tells
+            digits_cnn(target / "model.onnx", seed=1)
+            assert (target / "model.onnx").stat().st_size == len(model)
+        else:
+            (target / "model.onnx").write_bytes(model[:-10] if setup == "model-truncated" else model)
+        if setup == "card-without-files":
+            del card["files"]
+        (target / "model.json").write_text(json.dumps(card))
     server = start_server(target, wait=False)
     assert server.process.wait(timeout=30) == 1
     assert server.wait_for_line(says), server.log

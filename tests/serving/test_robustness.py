@@ -151,7 +151,17 @@ def in_flight(server: ServerProcess) -> float:
 
 
 def test_sigterm_finishes_requests_in_flight_then_exits(models: dict[str, Path]) -> None:
-    server = start_server(models["slow"], "--shutdown-grace-seconds", "30", "--max-batch-size", "64")
+    server = start_server(
+        models["slow"],
+        "--shutdown-grace-seconds",
+        "30",
+        "--max-batch-size",
+        "64",
+        "--max-queue-rows",
+        "4096",
+        "--max-queue-wait-ms",
+        "600000",
+    )
     # 512 rows of 40 layers 512x512 (10 GFLOP): each request keeps onnxruntime busy for a good part of a second.
     # Binary tensors, so that all four bodies are in within milliseconds: with JSON, decoding a request costs about
     # as much as running one, and the first could finish before the fourth is in.
