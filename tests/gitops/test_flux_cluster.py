@@ -7,6 +7,7 @@ one first brings the cluster to the first sync itself, so any of them also runs 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import time
@@ -180,28 +181,62 @@ def test_no_write_loop_between_flux_and_the_operator_when_idle(flux: FluxEnv) ->
 
 def test_a_failing_training_fails_the_kustomization_well_within_its_timeout(flux: FluxEnv) -> None:
     first_sync(flux)
-    wait_until(lambda: is_ready_and_current(flux.model()), timeout=120, what="digits Ready before the change")
 
-    def failing(doc: dict[str, Any]) -> None:
-        doc["spec"]["training"]["podAnnotations"] = {
-            "modeldeploy.dev/fake-result": "fail",  # kwok's training stage ends the pod with this report
-            "modeldeploy.dev/fake-termination-message": FAIL_REPORT,
-        }
-        doc["spec"]["training"]["epochs"] = doc["spec"]["training"]["epochs"] + 1
-
-    edit_model(flux, failing)
-    started = time.monotonic()
-    sha = flux.push(flux.team_repo, "team-a: digits with a dataset that has no label column")
-
-    def failed() -> dict[str, Any] | None:
-        ks = flux.kustomization("team-a-models")
-        ready = condition(ks, "Ready")
-        attempted = str((ks.get("status") or {}).get("lastAttemptedRevision", "")).endswith(sha)
-        return ready if attempted and ready.get("status") == "False" and ready.get("reason") else None
-
+    started, sha = commit_a_failing_training(flux)
     # The Kustomization's timeout is 30 minutes: a terminal condition must end the wait in seconds.
-    ready = wait_until(failed, timeout=90, what="team-a-models to fail on the failed training", interval=0.5)
-    print(f"gitops figure: failed training, commit to Kustomization failed: {time.monotonic() - started:.1f} s")
+    ready = wait_until(
+        lambda: kustomization_failed(flux, sha, started), timeout=90, what="team-a-models to fail",
+        interval=0.5,
+    )  # fmt: skip
+    print(f"gitops figure: failed training, commit to Kustomization failed: {time.time() - started:.1f} s")
     assert ready["reason"] == "HealthCheckFailed", ready
     described = flux.kubectl("describe", "modeldeployment", "digits", "-n", TEAM_NAMESPACE)
     assert "column 'label' not found" in described
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the operator to set Stalled=True with observedGeneration=generation on a terminal failure "
+    "(issue 13's branch); without it plain kstatus reads Ready=False as InProgress and Flux waits out its timeout",
+)
+def test_a_failing_training_fails_a_kustomization_without_health_expressions(flux: FluxEnv) -> None:
+    """Plain kstatus, as a user who has not copied the sample's healthCheckExprs gets it."""
+    first_sync(flux)
+    flux.kubectl(
+        "patch", "kustomization", "team-a-models", "-n", "flux-system", "--type=json",
+        "-p", '[{"op": "remove", "path": "/spec/healthCheckExprs"}]',
+    )  # fmt: skip
+    started, sha = commit_a_failing_training(flux)
+    ready = wait_until(
+        lambda: kustomization_failed(flux, sha, started), timeout=60, what="team-a-models to fail",
+        interval=0.5,
+    )  # fmt: skip
+    print(f"gitops figure: failed training, plain kstatus, commit to failed: {time.time() - started:.1f} s")
+    assert ready["reason"] == "HealthCheckFailed", ready
+
+
+def commit_a_failing_training(flux: FluxEnv) -> tuple[float, str]:
+    """Commit digits with a training that fails (kwok's training stage reports it); returns (start, SHA).
+    The start is a wall-clock time: kustomization_failed compares it with the Ready condition's transition."""
+
+    def failing(doc: dict[str, Any]) -> None:
+        doc["spec"]["training"]["podAnnotations"] = {
+            "modeldeploy.dev/fake-result": "fail",
+            "modeldeploy.dev/fake-termination-message": FAIL_REPORT,
+        }
+        doc["spec"]["training"]["epochs"] = doc["spec"]["training"]["epochs"] + 1  # a new training each time
+
+    edit_model(flux, failing)
+    started = time.time()
+    return started, flux.push(flux.team_repo, "team-a: digits with a dataset that has no label column")
+
+
+def kustomization_failed(flux: FluxEnv, sha: str, since: float) -> dict[str, Any] | None:
+    """The Kustomization's Ready condition once it turned False for this commit (after `since`), else None."""
+    ks = flux.kustomization("team-a-models")
+    ready = condition(ks, "Ready")
+    attempted = str((ks.get("status") or {}).get("lastAttemptedRevision", "")).endswith(sha)
+    if not attempted or ready.get("status") != "False" or "lastTransitionTime" not in ready:
+        return None
+    moved = datetime.datetime.fromisoformat(ready["lastTransitionTime"].replace("Z", "+00:00")).timestamp()
+    return ready if moved >= int(since) else None  # not the False of an earlier failed commit
