@@ -195,6 +195,8 @@ def flux(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxEnv]:
                 env_holder.operator.wait(timeout=10)
             if os.environ.get("MODELDEPLOY_SHOW_OPERATOR_LOG"):
                 print(env_holder.operator_log.read_text(errors="replace"))
+        if (cluster.directory / "logs").is_dir():  # the controllers' logs outlive the cluster, for a failed run
+            shutil.copytree(cluster.directory / "logs", tmp_path_factory.mktemp("gitops-logs"), dirs_exist_ok=True)
         cluster.down()
 
 
