@@ -1,8 +1,8 @@
 """Flux reconciles the operator and a team's ModelDeployments from Git on the local cluster: Flux's own
-source-controller and kustomize-controller, a Git server on 127.0.0.1, kstatus health through `wait: true`.
+source-controller and kustomize-controller, a Git server on 127.0.0.1, health through `wait: true`.
 
-The tests share one cluster and run in order (first sync, retrain, a person's scale, idle, a failing training); each
-one first brings the cluster to the first sync itself, so any of them also runs alone.
+The tests share one cluster and run in order (first sync, retrain, a person's scale, idle, an autoscaled model, a
+failing training); each one first brings the cluster to the first sync itself, so any of them also runs alone.
 """
 
 from __future__ import annotations
@@ -177,6 +177,63 @@ def test_no_write_loop_between_flux_and_the_operator_when_idle(flux: FluxEnv) ->
     assert set(before) == set(after)
     ks = flux.kustomization("team-a-models")
     assert condition(ks, "Ready").get("status") == "True"
+
+
+AUTOSCALED = """\
+apiVersion: modeldeploy.dev/v1alpha1
+kind: ModelDeployment
+metadata:
+  name: digits-autoscaled
+  namespace: team-a
+spec:
+  training:
+    dataset:
+      builtin: digits
+    epochs: 2
+  serving:
+    autoscaling:
+      minReplicas: 1
+      maxReplicas: 4
+"""
+
+
+def test_an_autoscaled_model_is_not_fought_over(flux: FluxEnv) -> None:
+    """The recipe of docs/gitops.md: autoscaling in Git, no replicas; the HPA's count survives Flux's reconciles."""
+    first_sync(flux)
+    models = flux.team_repo.work / "models"
+    (models / "digits-autoscaled.yaml").write_text(AUTOSCALED, encoding="utf-8")
+    kustomization = yaml.safe_load((models / "kustomization.yaml").read_text(encoding="utf-8"))
+    kustomization["resources"].append("digits-autoscaled.yaml")
+    (models / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False), encoding="utf-8")
+    sha = flux.push(flux.team_repo, "team-a: an autoscaled digits")
+    wait_kustomization_ready(flux, "team-a-models", sha, timeout=180)
+    hpa = flux.kubectl.json("get", "hpa", "-n", TEAM_NAMESPACE, "digits-autoscaled")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "digits-autoscaled"}
+    # What the HPA would do under load (kwok pods report no CPU, so the test does it): scale the Deployment.
+    flux.kubectl("scale", "deployment/digits-autoscaled", "--replicas=3", "-n", TEAM_NAMESPACE)
+    wait_until(
+        lambda: (
+            (md := flux.model("digits-autoscaled"))
+            and is_ready_and_current(md)
+            and md["status"].get("readyReplicas") == 3
+        ),
+        timeout=60,
+        what="digits-autoscaled on the HPA's 3 replicas",
+    )
+    model_version = flux.model("digits-autoscaled")["metadata"]["resourceVersion"]
+    reconciles = flux.reconcile_count("team-a-models")
+    interval = float(TEAM_INTERVAL.rstrip("s"))
+    wait_until(
+        lambda: flux.reconcile_count("team-a-models") >= reconciles + 2,
+        timeout=interval * 6,
+        what="2 more reconciles of team-a-models",
+        interval=1,
+    )
+    deployment = flux.kubectl.json("get", "deployment", "-n", TEAM_NAMESPACE, "digits-autoscaled")
+    assert deployment["spec"]["replicas"] == 3, "the HPA's count was put back"
+    model = flux.model("digits-autoscaled")
+    assert model["metadata"]["resourceVersion"] == model_version, "the model was written while nothing changed"
+    assert is_ready_and_current(model) and model["status"]["readyReplicas"] == 3
 
 
 def test_a_failing_training_fails_the_kustomization_well_within_its_timeout(flux: FluxEnv) -> None:
