@@ -52,7 +52,7 @@ test: venv cluster-binaries flux-binaries ## everything: lint, unit tests, and t
 	$(BIN)/pytest
 
 test-unit: venv ## only the tests that need no cluster
-	$(BIN)/pytest -m 'not cluster and not docker and not realnode'
+	$(BIN)/pytest -m 'not cluster and not docker and not realnode and not gitops'
 
 # Container images (dockerd, the local base image, the three images) and their targets.
 -include images/images.mk
