@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CLUSTER ?= modeldeploy
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv test test-unit lint cluster-binaries cluster-up cluster-down cluster-status demo docs clean
+.PHONY: help venv test test-unit lint cluster-binaries flux-binaries cluster-up cluster-down cluster-status demo docs clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -22,8 +22,11 @@ venv: $(BIN)/modeldeploy ## create .venv with the modeldeploy CLI and every extr
 cluster-binaries: ## build (once, cached) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok (REAL_NODE=1: kubelet, kube-proxy too)
 	@bash src/modeldeploy/cluster/build-binaries.sh $(if $(REAL_NODE),--real-node) >/dev/null
 
-cluster-up: venv cluster-binaries ## start the local control plane CLUSTER (REAL_NODE=1: plus a real node, docs/real-node.md); the last line printed is its kubeconfig
-	@$(BIN)/modeldeploy cluster up --name $(CLUSTER) $(if $(REAL_NODE),--real-node)
+flux-binaries: ## build (once, cached) Flux's source-controller and kustomize-controller with their CRDs, for `cluster up --gitops` and the gitops tests
+	@nice -n 19 bash src/modeldeploy/cluster/build-flux.sh >/dev/null
+
+cluster-up: venv cluster-binaries $(if $(GITOPS),flux-binaries) ## start the local control plane CLUSTER (REAL_NODE=1: plus a real node, docs/real-node.md; GITOPS=1: plus Flux and a Git server, docs/gitops.md); the last line printed is its kubeconfig
+	@$(BIN)/modeldeploy cluster up --name $(CLUSTER) $(if $(REAL_NODE),--real-node) $(if $(GITOPS),--gitops)
 
 cluster-down: venv ## stop the local control plane CLUSTER and remove its state
 	@$(BIN)/modeldeploy cluster down --name $(CLUSTER)
@@ -43,13 +46,13 @@ demo: venv $(if $(REAL_NODE),,cluster-binaries) ## the main job: a local control
 docs: venv ## regenerate docs/api-reference.md from the CRD's schema
 	$(BIN)/python -m modeldeploy.tools.apidoc --output docs/api-reference.md
 
-test: venv cluster-binaries ## everything: lint, unit tests, and the integration tests on a local control plane
+test: venv cluster-binaries flux-binaries ## everything: lint, unit tests, and the integration tests on a local control plane
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 test-unit: venv ## only the tests that need no cluster
-	$(BIN)/pytest -m 'not cluster and not docker and not realnode'
+	$(BIN)/pytest -m 'not cluster and not docker and not realnode and not gitops'
 
 # Container images (dockerd, the local base image, the three images) and their targets.
 -include images/images.mk

@@ -17,6 +17,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "  modeldeploy cluster status --name demo\n"
         "  modeldeploy cluster down\n"
         "  modeldeploy cluster up --real-node --name demo     # plus a real node for the project's pods\n"
+        "  modeldeploy cluster up --gitops --name demo        # plus Flux and a Git server (docs/gitops.md)\n"
         "  modeldeploy cluster load-images --name demo        # re-import the images after `make images`\n"
     )
     parser.add_argument("action", choices=["up", "down", "status", "load-images"], help="what to do")
@@ -26,6 +27,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--real-node",
         action="store_true",
         help="also run a real node (containerd, kubelet, kube-proxy; needs root): see docs/real-node.md",
+    )
+    parser.add_argument(
+        "--gitops",
+        action="store_true",
+        help="also run Flux's source-controller and kustomize-controller and a Git server on 127.0.0.1 "
+        "(built once from Flux's Go modules): see docs/gitops.md",
     )
     parser.add_argument(
         "--image",
@@ -41,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from modeldeploy.cluster.pki import PkiError  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    cluster = LocalCluster(args.name, nodes=args.nodes, real_node=args.real_node)
+    cluster = LocalCluster(args.name, nodes=args.nodes, real_node=args.real_node, gitops=args.gitops)
     try:
         if args.action == "up":
             kubeconfig = cluster.up()

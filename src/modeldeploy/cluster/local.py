@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from modeldeploy.cluster import realnode
+from modeldeploy.cluster import gitops, realnode
 from modeldeploy.cluster.pki import make_pki
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ class ClusterState:
     ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)
     real_node: dict[str, Any] = field(default_factory=dict)  # what the real node's sweep needs; empty without one
+    gitops: dict[str, Any] = field(default_factory=dict)  # Flux's bin directory and the Git root; empty without
 
     @property
     def file(self) -> Path:
@@ -139,6 +140,7 @@ class ClusterState:
             "ports": self.ports,
             "processes": self.processes,
             "real_node": self.real_node,
+            "gitops": self.gitops,
         }
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
@@ -158,6 +160,7 @@ class ClusterState:
             ports=data.get("ports", {}),
             processes=data.get("processes", {}),
             real_node=data.get("real_node", {}),
+            gitops=data.get("gitops", {}),
         )
 
 
@@ -165,13 +168,20 @@ class LocalCluster:
     """One named local control plane. `up()` returns the kubeconfig; `down()` leaves nothing behind."""
 
     def __init__(
-        self, name: str = "modeldeploy", *, state_root: Path | None = None, nodes: int = 3, real_node: bool = False
+        self,
+        name: str = "modeldeploy",
+        *,
+        state_root: Path | None = None,
+        nodes: int = 3,
+        real_node: bool = False,
+        gitops: bool = False,
     ) -> None:
         if not name or not all(c.isalnum() or c in "-_" for c in name):
             raise ClusterError(f"cluster name {name!r} must be letters, digits, '-' or '_'")
         self.name = name
         self.nodes = nodes
         self.real_node = real_node
+        self.gitops = gitops
         self.directory = (state_root or default_state_root()) / name
 
     @property
@@ -189,11 +199,17 @@ class LocalCluster:
                         f"cluster {self.name} is up without a real node: "
                         f"`modeldeploy cluster down --name {self.name}`, then up again with --real-node"
                     )
+                if self.gitops and not existing.gitops:
+                    raise ClusterError(
+                        f"cluster {self.name} is up without Flux: "
+                        f"`modeldeploy cluster down --name {self.name}`, then up again with --gitops"
+                    )
                 log.info("cluster %s is already up", self.name)
                 return existing.kubeconfig
             log.info("cluster %s has stale state (a component is gone): cleaning it up first", self.name)
             self.down()
         bins = bin_dir or find_binaries(real_node=self.real_node)
+        flux_bins = self._find_flux_binaries() if self.gitops else None  # built before anything starts
         node = realnode.RealNode(self.directory, bins) if self.real_node else None
         if node is not None:
             try:
@@ -206,6 +222,8 @@ class LocalCluster:
         names = ["etcd-client", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok"]
         if node is not None:
             names += ["kubelet", "kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics"]
+        if flux_bins is not None:
+            names += list(gitops.PORTS)
         state = ClusterState(
             name=self.name,
             directory=self.directory,
@@ -233,13 +251,22 @@ class LocalCluster:
             self._wait_nodes_ready(state)
             if node is not None:
                 self._start_real_node(state, node)
+            if flux_bins is not None:
+                self._start_gitops(state, flux_bins)
         except BaseException:
             self.down()
             raise
         log.info("cluster %s is up in %.1f s", self.name, time.monotonic() - started)
         return state.kubeconfig
 
-    def _start(self, state: ClusterState, component: str, args: list[str], command: list[str] | None = None) -> None:
+    def _start(
+        self,
+        state: ClusterState,
+        component: str,
+        args: list[str],
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         binary = Path(state.bin_dir) / component
         port_keys = {
             "etcd": ["etcd-client", "etcd-peer"],
@@ -249,6 +276,7 @@ class LocalCluster:
             "kwok": ["kwok"],
             "kubelet": ["kubelet", "kubelet-healthz"],
             "kube-proxy": ["kube-proxy-healthz", "kube-proxy-metrics"],
+            **gitops.PORTS_OF,
         }.get(component, [])
         for key in port_keys:
             if port_is_taken(state.ports[key]):
@@ -261,6 +289,7 @@ class LocalCluster:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.directory,
+                env=env,
                 start_new_session=True,  # its own process group: a Ctrl-C in the caller's terminal is not its end
             )
         state.processes[component] = {
@@ -581,6 +610,41 @@ class LocalCluster:
             time.sleep(0.5)
         log.info("real node %s is Ready in %.1f s", realnode.NODE_NAME, time.monotonic() - started)
 
+    def _find_flux_binaries(self) -> Path:
+        try:
+            return gitops.find_flux_binaries()
+        except gitops.FluxBuildError as err:
+            raise ClusterError(str(err)) from None
+
+    def _start_gitops(self, state: ClusterState, flux_bins: Path) -> None:
+        """Flux's CRDs, its namespace, the Git server and the two controllers; returns when both are ready.
+        What `down` must stop is recorded before each process starts."""
+        started = time.monotonic()
+        git_root = self.directory / "git"
+        storage = self.directory / "flux-artifacts"
+        git_root.mkdir(exist_ok=True)
+        storage.mkdir(exist_ok=True)
+        state.gitops = {"bin_dir": str(flux_bins), "git_root": str(git_root)}
+        state.save()
+        crds = flux_bins / "crds"
+        self.kubectl("apply", "--server-side", "-f", str(crds), bin_dir=state.bin_dir)
+        self.kubectl("create", "namespace", gitops.FLUX_NAMESPACE, bin_dir=state.bin_dir)
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds), bin_dir=state.bin_dir)
+        self._start(state, "gitserver", [], command=gitops.gitserver_command(git_root, state.ports))
+        env = gitops.controller_env(state.kubeconfig)
+        self._start(
+            state, "source-controller", gitops.source_controller_args(storage, state.ports),
+            command=[str(flux_bins / "source-controller")], env=env,
+        )  # fmt: skip
+        self._start(
+            state, "kustomize-controller", gitops.kustomize_controller_args(state.ports),
+            command=[str(flux_bins / "kustomize-controller")], env=env,
+        )  # fmt: skip
+        for component, port in gitops.HEALTH_PORT_OF.items():
+            self._wait_healthy(state, component, f"http://127.0.0.1:{state.ports[port]}/readyz", 60)
+        self._wait_healthy(state, "gitserver", f"http://127.0.0.1:{state.ports['git']}/healthz", 30)
+        log.info("Flux is up in %.1f s; Git: %s", time.monotonic() - started, gitops.git_url(state.ports, "NAME"))
+
     def load_images(self, images: list[str]) -> list[str]:
         """Import images from the local Docker engine into the real node's containerd (after `make images`)."""
         state = ClusterState.load(self.directory)
@@ -596,7 +660,11 @@ class LocalCluster:
     # ---- down / status --------------------------------------------------------------------------------------
 
     def _all_running(self, state: ClusterState) -> bool:
-        expected = {*COMPONENTS, *(realnode.NODE_COMPONENTS if state.real_node else ())}
+        expected = {
+            *COMPONENTS,
+            *(realnode.NODE_COMPONENTS if state.real_node else ()),
+            *(gitops.COMPONENTS if state.gitops else ()),
+        }
         return all(
             c in state.processes and process_start_time(state.processes[c]["pid"]) == state.processes[c]["start_time"]
             for c in expected
@@ -663,6 +731,7 @@ class LocalCluster:
             "kubeconfig": str(state.kubeconfig),
             "ports": state.ports,
             "components": components,
+            **({"git": gitops.git_url(state.ports, "NAME")} if state.gitops else {}),
         }
 
 
