@@ -11,10 +11,13 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
+# setuptools announces every editable install of a multi-directory layout like ours ("Editable installation ...
+# be careful with folders ...") as a warning of its class InformationOnly; that note only is silenced, by module.
 $(BIN)/modeldeploy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[serving,training,operator,dev]'
+	PYTHONWARNINGS=ignore::Warning:setuptools.command.editable_wheel \
+	  $(BIN)/pip install --quiet -e '.[serving,training,operator,dev]'
 	touch $@
 
 venv: $(BIN)/modeldeploy ## create .venv with the modeldeploy CLI and every extra
