@@ -34,10 +34,11 @@ cluster-down: venv ## stop the local control plane CLUSTER and remove its state
 cluster-status: venv ## show the local control plane's processes
 	@$(BIN)/modeldeploy cluster status --name $(CLUSTER)
 
-lint: venv ## ruff and mypy strict
+lint: venv ## ruff, mypy strict, and actionlint on .github/workflows (built once from its Go module)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	hack/actionlint.sh
 
 # REAL_NODE=1 checks the machine first and builds the node's binaries itself, so that a refusal comes before a build.
 demo: venv $(if $(REAL_NODE),,cluster-binaries) ## the main job: a local control plane, the CRD, the operator, a sample to Ready, then its real training, serving and a prediction (REAL_NODE=1: all of it in the cluster, on a real node)
