@@ -11,10 +11,13 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
+# setuptools announces every editable install of a multi-directory layout like ours ("Editable installation ...
+# be careful with folders ...") as a warning of its class InformationOnly; that note only is silenced, by module.
 $(BIN)/modeldeploy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[serving,training,operator,dev]'
+	PYTHONWARNINGS=ignore::Warning:setuptools.command.editable_wheel \
+	  $(BIN)/pip install --quiet -e '.[serving,training,operator,dev]'
 	touch $@
 
 venv: $(BIN)/modeldeploy ## create .venv with the modeldeploy CLI and every extra
@@ -34,13 +37,17 @@ cluster-down: venv ## stop the local control plane CLUSTER and remove its state
 cluster-status: venv ## show the local control plane's processes
 	@$(BIN)/modeldeploy cluster status --name $(CLUSTER)
 
-lint: venv ## ruff and mypy strict
+lint: venv ## ruff, mypy strict, and actionlint on .github/workflows (built once from its Go module)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	hack/actionlint.sh
 
-# REAL_NODE=1 checks the machine first and builds the node's binaries itself, so that a refusal comes before a build.
-demo: venv $(if $(REAL_NODE),,cluster-binaries) ## the main job: a local control plane, the CRD, the operator, a sample to Ready, then its real training, serving and a prediction (REAL_NODE=1: all of it in the cluster, on a real node)
+# The demo builds the control plane's binaries itself: in the background while the local pipeline runs (a first
+# prediction within minutes on a fresh machine), or, with REAL_NODE=1, after checking the machine (a refusal comes
+# before a build). MODELDEPLOY_DEMO_STARTED: when make started, for the time to the first prediction.
+demo: export MODELDEPLOY_DEMO_STARTED := $(shell date +%s)
+demo: venv ## the main job: a sample's real training, serving and a prediction here, then a local control plane, the CRD, the operator and the sample to Ready (REAL_NODE=1: all of it in the cluster, on a real node)
 	@$(BIN)/python -m modeldeploy.tools.demo $(if $(REAL_NODE),--real-node)
 
 docs: venv ## regenerate docs/api-reference.md from the CRD's schema

@@ -4,7 +4,7 @@ IMAGE_PREFIX ?= modeldeploy
 IMAGE_TAG ?= $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n 1)
 export IMAGE_PREFIX IMAGE_TAG
 
-.PHONY: docker-up docker-down base-image images image-training image-serving image-operator images-bench
+.PHONY: docker-up docker-down base-image images image-training image-serving image-operator images-bench release-dry-run
 
 docker-up: ## start dockerd when no Docker engine answers (installs docker.io if it is missing)
 	@images/docker.sh up
@@ -29,3 +29,11 @@ image-operator: base-image ## build only the operator image
 
 images-bench: images venv ## image sizes and the serving image's start-to-ready time
 	@$(BIN)/python bench/images.py
+
+# What .github/workflows/release.yml would push, built here (host platform only) with its exact names and labels:
+# $(RELEASE_REGISTRY)/modeldeploy-NAME:$(RELEASE_VERSION). RELEASE_VERSION=0.1.0-mine keeps others' builds intact.
+RELEASE_REGISTRY ?= ghcr.io/modeldeploy
+RELEASE_VERSION ?= $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n 1)
+
+release-dry-run: base-image ## build the three release images with the workflow's names and labels, without pushing
+	@RELEASE_REGISTRY=$(RELEASE_REGISTRY) RELEASE_VERSION=$(RELEASE_VERSION) images/release.sh dry-run

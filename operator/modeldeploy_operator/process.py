@@ -15,6 +15,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
+from modeldeploy_operator.compatibility import is_supported_server
 from modeldeploy_operator.health import HealthState, serve_health
 from modeldeploy_operator.leader import LeaderElector
 from modeldeploy_operator.settings import settings_from_env
@@ -39,6 +40,9 @@ async def run_operator(options: Options) -> int:
 
     config = settings_from_env()
     kube = connect(config.field_manager, max(config.api_qps_burst, config.workers + 2))
+    if not is_supported_server(kube):  # older than the minimum Kubernetes: refused with the reason logged
+        kube.close()
+        return 2
     elector = None
     if options.leader_election:
         identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -56,8 +55,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.verbose:
-        # TensorFlow's C++ start-up notices and the quantizer's advice on the root logger say nothing about the spec.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # TensorFlow's C++ start-up and tf.data notices say nothing about the spec; its warnings and errors still show.
+        from modeldeploy_training.quiet import quiet_tensorflow  # noqa: PLC0415
+
+        quiet_tensorflow()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.ERROR,
         format="           | %(message)s",

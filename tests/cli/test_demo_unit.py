@@ -85,10 +85,68 @@ def dry_run_make(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_make_demo_real_node_runs_the_real_node_path_and_builds_nothing_before_its_checks() -> None:
+def test_make_demo_leaves_building_the_binaries_to_the_demo_program() -> None:
     real = dry_run_make("demo", "REAL_NODE=1")
     assert real.stdout.strip().splitlines()[-1].endswith("-m modeldeploy.tools.demo --real-node")
     assert "build-binaries.sh" not in real.stdout
     plain = dry_run_make("demo")
     assert plain.stdout.strip().splitlines()[-1].endswith("-m modeldeploy.tools.demo")
-    assert "build-binaries.sh" in plain.stdout
+    # The plain demo builds the binaries itself, in the background while `modeldeploy run` goes to a prediction.
+    assert "build-binaries.sh" not in plain.stdout
+
+
+FAKE_BUILD = """#!/usr/bin/env bash
+# Stands in for build-binaries.sh: the cache check fails, a build reports steps, then prints its bin directory.
+[ -n "${MODELDEPLOY_NO_BUILD:-}" ] && { echo "build-binaries: not built" >&2; exit 1; }
+echo "build-binaries: compiling kube-apiserver v1.34.4 ..." >&2
+sleep 0.6
+[ -n "${FAKE_BUILD_FAILS:-}" ] && { echo "build-binaries: compiling kube-apiserver v1.34.4 FAILED" >&2; exit 1; }
+echo "build-binaries: compiling kube-apiserver v1.34.4 done in 1 s" >&2
+echo /cache/bin
+"""
+
+
+@pytest.fixture
+def fake_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    script = tmp_path / "build-binaries.sh"
+    script.write_text(FAKE_BUILD)
+    monkeypatch.setattr(demo, "BUILD_SCRIPT", script)
+    monkeypatch.setattr(demo, "PROGRESS_EVERY", 0.2)
+    return script
+
+
+def test_the_background_build_says_what_it_compiles_and_for_how_long(
+    fake_build: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build = demo.BinaryBuild()
+    build.start()
+    assert build.building
+    assert build.wait() == Path("/cache/bin")
+    out = capsys.readouterr().out
+    assert "building the control plane's binaries from their Go modules: compiling kube-apiserver v1.34.4 ..." in out
+    assert "so far; once per machine, cached after" in out
+    assert "built the control plane's binaries in 0m 0" in out
+
+
+def test_a_failed_build_says_why(fake_build: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_BUILD_FAILS", "1")
+    build = demo.BinaryBuild()
+    build.start()
+    with pytest.raises(demo.ClusterError, match=r"compiling kube-apiserver v1\.34\.4 FAILED"):
+        build.wait()
+
+
+def test_an_interrupted_demo_stops_the_build(fake_build: Path) -> None:
+    build = demo.BinaryBuild()
+    build.start()
+    assert build.process is not None
+    build.stop()
+    assert build.process.returncode is not None and build.process.returncode != 0
+
+
+def test_cached_binaries_are_found_without_a_build(fake_build: Path) -> None:
+    fake_build.write_text("#!/usr/bin/env bash\necho /cached/bin\n")
+    build = demo.BinaryBuild()
+    build.start()
+    assert not build.building and build.process is None
+    assert build.wait() == Path("/cached/bin")

@@ -18,3 +18,9 @@ def test_the_reference_lists_every_field_with_its_default_and_rules() -> None:
     assert "| `spec.serving.strategy.maxSurge` | integer or string | `1` |" in text
     assert "set exactly one of spec.training (train a model) or spec.importModel" in text
     assert "| `status.conditions[].type` (required) | string |" in text
+
+
+def test_the_reference_states_the_minimum_kubernetes_and_why() -> None:
+    text = apidoc.render()
+    assert "**Kubernetes 1.30 or newer**" in text
+    assert "`lifecycle.preStop.sleep`" in text and "`quantity()`" in text and "`podFailurePolicy`" in text

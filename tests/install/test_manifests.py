@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import tomllib
 from typing import Any
 
-from .conftest import build, find
+from .conftest import REPO, build, find
 
 RBAC_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
 
@@ -87,3 +88,17 @@ def test_the_kind_overlay_never_pulls_the_operator_image() -> None:
     assert container["image"] == "modeldeploy/operator:0.1.0"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MODELDEPLOY_OPERATOR_IMAGE_PULL_POLICY"] == "IfNotPresent"
+    # The local builds (make kind-load) for the children too, not the release's images.
+    assert env["MODELDEPLOY_OPERATOR_TRAINING_IMAGE"] == "modeldeploy/training:0.1.0"
+    assert env["MODELDEPLOY_OPERATOR_SERVING_IMAGE"] == "modeldeploy/serving:0.1.0"
+    assert "POD_NAMESPACE" in env and len(env) == len(container["env"])  # replaced, not added twice
+
+
+def test_the_base_pulls_the_released_images_of_this_version() -> None:
+    version = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    deployment = find(build(), "Deployment", "modeldeploy-operator")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["image"] == f"ghcr.io/modeldeploy/modeldeploy-operator:{version}"
+    assert env["MODELDEPLOY_OPERATOR_TRAINING_IMAGE"] == f"ghcr.io/modeldeploy/modeldeploy-training:{version}"
+    assert env["MODELDEPLOY_OPERATOR_SERVING_IMAGE"] == f"ghcr.io/modeldeploy/modeldeploy-serving:{version}"

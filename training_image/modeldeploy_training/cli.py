@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     # Our progress at INFO; the libraries' INFO chatter (tf2onnx, the quantizer's root-logger lines) stays out.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("modeldeploy_training").setLevel(logging.INFO)
+    from modeldeploy_training.quiet import quiet_tensorflow  # noqa: PLC0415
+
+    quiet_tensorflow()  # before TensorFlow is imported: its notices out, its warnings and errors kept
     from modeldeploy_training.runner import execute  # noqa: PLC0415  (TensorFlow and onnxruntime only now)
 
     report = execute(args)

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from modeldeploy_operator.compatibility import MINIMUM, REQUIREMENTS
+
 from modeldeploy.spec import crd
 
 HEADER = """# API reference: ModelDeployment (modeldeploy.dev/v1alpha1)
@@ -21,6 +23,13 @@ HEADER = """# API reference: ModelDeployment (modeldeploy.dev/v1alpha1)
 
 `kubectl explain modeldeployment.spec --recursive` shows the same from a cluster. Short name `md`; subresources
 `status` and `scale` (`kubectl scale md/NAME --replicas=N` sets `spec.serving.replicas`).
+
+## Supported Kubernetes versions
+
+**Kubernetes {minimum} or newer** (tested on 1.34); the operator refuses to start on an older API server and says
+why. What sets the minimum:
+
+{requirements}
 """
 
 
@@ -105,7 +114,11 @@ def render() -> str:
         for c in version.get("additionalPrinterColumns") or []
     )
     parts = [
-        HEADER.format(description=root.get("description", "")),
+        HEADER.format(
+            description=root.get("description", ""),
+            minimum=f"{MINIMUM[0]}.{MINIMUM[1]}",
+            requirements="\n".join(f"- {line}" for line in REQUIREMENTS),
+        ),
         section("spec", root["properties"]["spec"], "spec"),
         section("status", root["properties"]["status"], "status"),
         "## kubectl get columns\n\n| column | from | shown |\n|---|---|---|\n" + columns + "\n",
