@@ -80,6 +80,8 @@ class PodState:
     """Why a container last ended (OOMKilled, Error...), from its state or lastState."""
     waiting_reason: str = ""
     """The waiting reason that makes the pod broken (ImagePullBackOff, CrashLoopBackOff...), else ""."""
+    unschedulable_since: str = ""
+    """lastTransitionTime of the PodScheduled=False condition (RFC 3339) while the pod is unschedulable."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,7 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
         restarts=restarts,
         termination_message=message,
         unschedulable_message=unschedulable,
+        unschedulable_since=str(scheduled.get("lastTransitionTime") or "") if unschedulable else "",
         deleting=_get(obj, "metadata", "deletionTimestamp") is not None,
         version=labels.get(naming.LABEL_VERSION, ""),
         last_exit_reason=exit_reason,

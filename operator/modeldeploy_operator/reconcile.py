@@ -26,6 +26,8 @@ class Outcome:
     gone: bool = False
     written_status: tuple[int, dict[str, Any]] | None = None
     """(resourceVersion, status) of the status write, so the next reconcile does not act on a lagging watch."""
+    requeue_after: float = 0.0
+    """Reconcile again after this many seconds (a grace period that ends without a watch event)."""
     blocker: deciding.Blocker | None = None
     """Set when the spec could not be reached (a conflict, a refused write): the runtime retries with backoff."""
 
@@ -128,6 +130,7 @@ def reconcile(kube: Kube, md: dict[str, Any], observed: Observed, settings: Sett
     if blocker is not plan.blocker:
         deciding.finish(md, plan, now, blocker)
     outcome.events = plan.events
+    outcome.requeue_after = plan.requeue_after
     outcome.phase = plan.status.get("phase", "")
     outcome.blocker = blocker
     patch = deciding.status_patch(md.get("status") or {}, plan.status)

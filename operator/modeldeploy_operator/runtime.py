@@ -191,6 +191,8 @@ class Runtime:
             logger.info("%s/%s: %s", key[0], key[1], line)
         for event in outcome.events:
             self.post_event(md, event)
+        if outcome.requeue_after:
+            self.queue.add_after(key, outcome.requeue_after)
         return outcome.blocker is None
 
     def post_event(self, md: dict[str, Any], event: decide.Event) -> None:

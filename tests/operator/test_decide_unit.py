@@ -300,17 +300,26 @@ def test_training_pod_problems_reach_the_status_with_the_kubelets_and_schedulers
                 "status": "False",
                 "reason": "Unschedulable",
                 "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.",
+                "lastTransitionTime": "2024-12-31T23:59:59Z",
             }
         ],
     }
+    # For a moment (a claim being bound) this is the normal course: no news, but a reconcile queued for later.
+    plan = _active_with(md, unschedulable)
+    assert _conditions(plan)["Progressing"]["reason"] == "Training" and plan.requeue_after == 3.5
+    unschedulable["conditions"][0]["lastTransitionTime"] = "2024-12-31T23:59:55Z"
     plan = _active_with(md, unschedulable)
     conditions = _conditions(plan)
     # Still progress (an autoscaler may add a node), but the scheduler's message is in Ready and Reconciling.
     assert plan.status["phase"] == "Training" and conditions["Reconciling"]["status"] == "True"
     assert conditions["Reconciling"]["reason"] == "Unschedulable"
     assert "didn't match Pod's node affinity/selector" in conditions["Ready"]["message"]
-    plan = _active_with(md, {"phase": "Pending"}, claim_phase="Pending")
+    plan = _active_with(md, unschedulable, claim_phase="Pending")  # a claim being provisioned: normal for 30 s
+    assert _conditions(plan)["Progressing"]["reason"] == "Training" and plan.requeue_after == 25.5
+    unschedulable["conditions"][0]["lastTransitionTime"] = "2024-12-31T23:59:20Z"
+    plan = _active_with(md, unschedulable, claim_phase="Pending")
     assert _conditions(plan)["Progressing"]["reason"] == "ClaimPending"
+    assert "didn't match" in _conditions(plan)["Progressing"]["message"]
     oom = {
         "phase": "Failed",
         "containerStatuses": [{"name": "train", "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}],
