@@ -28,6 +28,15 @@ if generation ~= nil and (status.observedGeneration == nil or status.observedGen
   return hs
 end
 
+-- Stalled=True is the operator's terminal failure (kstatus reads it as Failed): a child it may not touch, a write
+-- the API server refused, a training that failed, serving pods that keep failing. Its reason says which.
+local stalled = cond(status, "Stalled")
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = tostring(stalled.reason) .. ": " .. msg(stalled, "see kubectl describe md " .. obj.metadata.name)
+  return hs
+end
+
 local phase = status.phase
 local degraded = cond(status, "Degraded")
 if phase == "Failed" then

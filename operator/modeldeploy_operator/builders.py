@@ -175,6 +175,7 @@ def build_training_job(md: dict[str, Any], settings: Settings) -> dict[str, Any]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "securityContext": restricted_pod_security(settings),
+        "automountServiceAccountToken": False,  # the trainer never calls the API
         "containers": [container],
         "volumes": volumes,
     }
@@ -222,7 +223,8 @@ def build_cleanup_job(md: dict[str, Any], versions: list[dict[str, Any]], settin
     names = [str(v["version"]) for v in versions]
     container = {
         "name": "cleanup",
-        "image": settings.cleanup_image,
+        # The training image has `rm` and is on the nodes already: no second image to pull from another registry.
+        "image": settings.cleanup_image or settings.training_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["rm", "-rf", "--", *paths],
         "volumeMounts": [{"name": MODELS_VOLUME, "mountPath": contracts.ARTIFACT_MOUNT}],
@@ -232,6 +234,7 @@ def build_cleanup_job(md: dict[str, Any], versions: list[dict[str, Any]], settin
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "securityContext": restricted_pod_security(settings),
+        "automountServiceAccountToken": False,
         "containers": [container],
         "volumes": [
             {
@@ -241,7 +244,7 @@ def build_cleanup_job(md: dict[str, Any], versions: list[dict[str, Any]], settin
         ],
     }
     # The artifacts live where the training Job wrote them (a node-local volume, say): run there too.
-    placement = md["spec"].get("training") or md["spec"].get("serving") or {}
+    placement = md["spec"].get("training") or {}
     if placement.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(placement["nodeSelector"])
     if placement.get("tolerations"):

@@ -6,16 +6,27 @@ Nothing here talks to the API server; `reconcile.py` carries out the plan.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from modeldeploy import contracts
 from modeldeploy.spec import apply_defaults, spec_schema
-from modeldeploy_operator import builders, naming
-from modeldeploy_operator.observed import Observed, PodState
+from modeldeploy_operator import builders, drift, naming
+from modeldeploy_operator.observed import ChildState, DeploymentState, Observed, PodState
 from modeldeploy_operator.settings import Settings
 
-CONDITION_TYPES: Final = ("Trained", "Compressed", "Available", "Progressing", "Degraded", "Ready")
+CONDITION_TYPES: Final = (
+    "Trained",
+    "Compressed",
+    "Available",
+    "Progressing",
+    "Degraded",
+    "Ready",
+    "Reconciling",
+    "Stalled",
+)
 # A condition that turns to one of these (type, status) pairs is news worth a Warning event.
 WARNING_STATES: Final = frozenset({("Trained", "False"), ("Degraded", "True"), ("Compressed", "False")})
 
@@ -34,18 +45,45 @@ class Event:
     message: str
 
 
+@dataclass(frozen=True)
+class Blocker:
+    """Why the children cannot be brought to the spec until someone acts: Ready=False and Stalled=True."""
+
+    reason: str
+    message: str
+
+
 @dataclass
 class Plan:
     """The writes that bring the children to the spec, and the status that describes the result."""
 
     create: list[dict[str, Any]] = field(default_factory=list)
-    """Created when absent, never updated (PVC, Jobs: their specs are immutable)."""
+    """Created when absent, never updated (PVC, Jobs: their specs are immutable). An existing object of the same
+    name that this ModelDeployment does not control is left alone and blocks (ChildConflict)."""
     apply: list[dict[str, Any]] = field(default_factory=list)
-    """Server-side applied with the operator's field manager (Deployment, Service, HPA)."""
+    """Server-side applied with the operator's field manager (Deployment, Service, HPA): children that the cache
+    shows controlled by this ModelDeployment."""
+    apply_new: list[dict[str, Any]] = field(default_factory=list)
+    """Children the cache does not show: applied only after a read proves the name free (or the object ours)."""
     delete: list[tuple[str, str]] = field(default_factory=list)
     """(kind, name) of children to remove."""
+    patch: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    """(kind, name, JSON merge patch) made before the applies: repairs that server-side apply cannot make."""
+    drifted: list[str] = field(default_factory=list)
+    """Which child drifted where, for the log."""
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    blocker: Blocker | None = None
+    """What keeps this reconcile from reaching the spec (a child conflict seen in the cache, a refused write)."""
+    phase: str = ""
+    notices: list[Event] = field(default_factory=list)
+    """Events of their own, beside the transition's (an artifact claim that was deleted)."""
+    requeue_after: float = 0.0
+    """Reconcile again after this many seconds even without a watch event (a grace period that ends)."""
+    verify_gone: str = ""
+    """The claim whose loss `reconcile` confirms with a read before it carries out the recovery."""
+    raw_conditions: list[dict[str, Any]] = field(default_factory=list)
+    """The conditions before a blocker and the merge with the stored ones (`finish` turns them into the status)."""
 
 
 @dataclass(frozen=True)
@@ -118,8 +156,10 @@ def decide_training(
     versions: list[dict[str, Any]],
     plan: Plan,
     settings: Settings,
+    now: str = "",
 ) -> Training:
     model = md["metadata"]["name"]
+    uid = str(md["metadata"].get("uid") or "")
     generation = int(md["metadata"].get("generation", 0))
     short = naming.short_spec_hash(spec)
     name = naming.job_name(model, short)
@@ -128,6 +168,10 @@ def decide_training(
     if known is not None:
         return Training("Trained", verb, f"version {known['version']} from Job {known.get('jobName', name)}", known)
     job = observed.job(name)
+    if job is not None and job.controller_uid != uid:
+        message = conflict_message(md, "Job", name, _holder(job.controller_uid))
+        plan.blocker = plan.blocker or Blocker("ChildConflict", message)
+        return Training("Training", "ChildConflict", message)
     if job is None:
         plan.create.append(builders.build_training_job({**md, "spec": spec}, settings))
         # The same reason and message as a running Job: the watch sees the new Job a moment later, and a status
@@ -137,8 +181,12 @@ def decide_training(
         return Training("Training", "Retrying", f"waiting for the previous Job {name} to be removed before retrying")
     pods = [p for p in observed.pods if p.job_name == name]
     if job.outcome == "Active":
-        return Training("Training", "Training", f"Job {name} is training")
+        return _active_training(name, pods, observed, plan, now)
     final = _final_pod(pods)
+    oom = next((p for p in pods if p.last_exit_reason == "OOMKilled"), None)
+    if job.outcome == "Failed" and oom is not None and not (final and final.termination_message):
+        limit = "raise spec.training.resources.limits.memory (or train a smaller model)"
+        return Training("Failed", "OOMKilled", f"Job {name} failed: pod {oom.name} was OOMKilled; {limit}")
     if job.outcome == "Failed":
         if job.generation < generation:
             # A new generation of the spec is a new attempt; the same generation never retries (no retry storm).
@@ -163,6 +211,96 @@ def decide_training(
     entry = version_entry(report, short, name)
     versions.insert(0, entry)
     return Training("Trained", verb, f"version {entry['version']} from Job {name}", entry)
+
+
+def _holder(controller: str) -> str:
+    if controller:
+        return f"it is controlled by another owner (uid {controller})"
+    return "it has no controller owner reference (it was not made by this operator for this ModelDeployment)"
+
+
+def conflict_message(md: dict[str, Any], kind: str, name: str, holder: str) -> str:
+    """What a ChildConflict says: which object, why the operator keeps off it, and what the user can do."""
+    model = md["metadata"]["name"]
+    hint = f"delete {kind} {name} if it is not needed (or, if its owner was a deleted ModelDeployment {model}, wait"
+    hint += " for the garbage collector to remove it)"
+    rename = f"or give this ModelDeployment another name than {model!r}"
+    if kind == "Service":
+        rename += " (a spec.serving.serviceName to choose the Service's name is planned)"
+    return (
+        f"{kind} {name} already exists and {holder}; the operator neither modifies nor adopts it. "
+        f"To go on, {hint}, {rename}."
+    )
+
+
+def write_failure(verb: str, kind: str, name: str, status: int, api_message: str) -> Blocker:
+    """A write the API server refused for good (403, 422, 400...) as the reason and message of the status."""
+    lowered = api_message.lower()
+    if status == 403 and "exceeded quota" in lowered:
+        reason, hint = "QuotaExceeded", "raise the namespace's ResourceQuota or lower the spec's requests"
+    elif status == 403:
+        reason, hint = "Forbidden", "grant the operator's ServiceAccount this permission (or lift the policy)"
+    elif status == 422:
+        reason, hint = "Invalid", "fix the spec (or the admission policy) that makes this object invalid"
+    elif status == 400:
+        reason, hint = "BadRequest", "fix the spec field the message names"
+    else:
+        reason, hint = "WriteFailed", "see the message; the operator retries with backoff"
+    return Blocker(reason, f"{verb} {kind} {name} refused ({status}): {api_message}; {hint}")
+
+
+# A pod waits unschedulable for a moment in the normal course (a claim being provisioned and bound): reported only
+# after this long, so that the normal case costs no status write (the reconcile is queued again for then).
+UNSCHEDULABLE_GRACE_SECONDS: Final = 4.0
+# A claim being provisioned keeps the pod unschedulable longer on a busy cluster (measured: 10-15 s for 40 claims
+# at once on the local control plane); only a claim still Pending after this is news.
+CLAIM_PENDING_GRACE_SECONDS: Final = 30.0
+
+
+def _seconds_between(earlier: str, later: str) -> float:
+    try:
+        start = datetime.datetime.fromisoformat(earlier.replace("Z", "+00:00"))
+        end = datetime.datetime.fromisoformat(later.replace("Z", "+00:00"))
+    except ValueError:
+        return UNSCHEDULABLE_GRACE_SECONDS  # no usable time: report at once
+    return (end - start).total_seconds()
+
+
+def _active_training(name: str, pods: list[PodState], observed: Observed, plan: Plan, now: str) -> Training:
+    """A running Job, with what keeps its pod from running as the reason: the kubelet's and scheduler's words.
+
+    An image that cannot be pulled or a container that cannot be created is a failure (Stalled) until it changes;
+    an unschedulable pod (an unbound claim among the causes) is still progress: an autoscaler or a provisioner may
+    fix it, and it is reported once it lasts longer than UNSCHEDULABLE_GRACE_SECONDS.
+    """
+    live = [p for p in pods if not p.deleting and p.phase in ("Pending", "Running")]
+    for pod in live:
+        if pod.broken_reason:
+            return Training(
+                "Failed",
+                pod.waiting_reason or "PodFailing",
+                f"Job {name}: training pod {pod.name}: {pod.broken_reason}",
+            )
+    for pod in live:
+        if not pod.unschedulable_message:
+            continue
+        claim = observed.claim
+        claim_pending = claim is not None and claim.phase == "Pending"
+        grace = CLAIM_PENDING_GRACE_SECONDS if claim_pending else UNSCHEDULABLE_GRACE_SECONDS
+        waited = _seconds_between(pod.unschedulable_since, now)
+        if waited < grace:
+            plan.requeue_after = max(plan.requeue_after, grace - waited + 0.5)
+            continue
+        if claim is not None and claim_pending:
+            message = f"Job {name}: PersistentVolumeClaim {claim.name} is Pending; training pod {pod.name}: "
+            return Training("Training", "ClaimPending", message + pod.unschedulable_message)
+        message = f"Job {name}: training pod {pod.name} cannot be scheduled: {pod.unschedulable_message}"
+        return Training("Training", "Unschedulable", message)
+    retried = next((p for p in pods if p.last_exit_reason == "OOMKilled"), None)
+    if retried is not None:
+        message = f"Job {name} is training again: pod {retried.name} was OOMKilled (raise its memory limit)"
+        return Training("Training", "RetryingAfterOOMKilled", message)
+    return Training("Training", "Training", f"Job {name} is training")
 
 
 def _condition(kind: str, status: bool | None, reason: str, message: str) -> dict[str, Any]:
@@ -256,11 +394,32 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
     old = md.get("status") or {}
     versions = [dict(v) for v in old.get("versions") or [] if isinstance(v, dict) and v.get("version")]
 
+    uid = str(md["metadata"].get("uid") or "")
+
+    def blocked_by(kind: str, child: Any) -> bool:
+        """A child the cache shows under our labels but controlled by someone else: never written, reported."""
+        if child is None or child.controller_uid == uid:
+            return False
+        message = conflict_message(full, kind, child.name, _holder(child.controller_uid))
+        plan.blocker = plan.blocker or Blocker("ChildConflict", message)
+        return True
+
     claim = builders.build_claim(full)
+    if claim is not None and versions and (observed.claim is None or observed.claim.deleting):
+        observed, versions = _recover_lost_artifacts(md, claim, observed, versions, plan)
+        old = {k: v for k, v in old.items() if k != "modelVersion"}
     if claim is not None and observed.claim is None:
         plan.create.append(claim)
+    elif claim is not None:
+        blocked_by("PersistentVolumeClaim", observed.claim)
 
-    training = decide_training(full, spec=spec, observed=observed, versions=versions, plan=plan, settings=settings)
+    if claim is not None and observed.claim is not None and observed.claim.deleting:
+        name = observed.claim.name
+        training = Training("Training", "ClaimDeleting", f"waiting for the deleted claim {name} to go, then training")
+    else:
+        training = decide_training(
+            full, spec=spec, observed=observed, versions=versions, plan=plan, settings=settings, now=now
+        )
     target = training.target
     served = target or next((v for v in versions if v.get("version") == old.get("modelVersion")), None)
 
@@ -271,7 +430,12 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
     versions, dropped = _retained(versions, int(spec.get("retainVersions", 3)), pinned)
     kept_hashes = {v.get("specHash") for v in versions} | {naming.short_spec_hash(spec)}
     for job in observed.jobs:
-        if job.component == naming.COMPONENT_TRAINING and job.spec_hash not in kept_hashes and not job.deleting:
+        if (
+            job.component == naming.COMPONENT_TRAINING
+            and job.spec_hash not in kept_hashes
+            and not job.deleting
+            and job.controller_uid == uid
+        ):
             plan.delete.append(("Job", job.name))
     kept_paths = {v.get("path") for v in versions}
     doomed = [v for v in dropped if v.get("path") and v.get("path") not in kept_paths and not v.get("reused")]
@@ -285,30 +449,24 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
     if served is not None:
         deployment = builders.build_deployment(full, served, settings)
         deployment_hash = deployment["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH]
-        replicas_drifted = not autoscaled and dep is not None and dep.desired != deployment["spec"]["replicas"]
-        if dep is None or dep.config_hash != deployment_hash or replicas_drifted:
-            plan.apply.append(deployment)
-        service = builders.build_service(full)
-        if observed.service is None or observed.service.config_hash != service["metadata"]["annotations"].get(
-            naming.ANNOTATION_CONFIG_HASH
-        ):
-            plan.apply.append(service)
+        _hold(plan, deployment, dep, blocked_by)
+        _hold(plan, builders.build_service(full), observed.service, blocked_by)
     hpa = builders.build_hpa(full)
     if hpa is not None and served is not None:
-        if observed.hpa is None or observed.hpa.config_hash != hpa["metadata"]["annotations"].get(
-            naming.ANNOTATION_CONFIG_HASH
-        ):
-            plan.apply.append(hpa)
-    elif hpa is None and observed.hpa is not None:
+        _hold(plan, hpa, observed.hpa, blocked_by)
+    elif hpa is None and observed.hpa is not None and observed.hpa.controller_uid == uid:
         plan.delete.append(("HorizontalPodAutoscaler", observed.hpa.name))
     policy = builders.build_network_policy(full)
     if policy is not None and served is not None:
-        if observed.network_policy is None or observed.network_policy.config_hash != policy["metadata"][
-            "annotations"
-        ].get(naming.ANNOTATION_CONFIG_HASH):
-            plan.apply.append(policy)
-    elif policy is None and observed.network_policy is not None:
+        _hold(plan, policy, observed.network_policy, blocked_by)
+    elif policy is None and observed.network_policy is not None and observed.network_policy.controller_uid == uid:
         plan.delete.append(("NetworkPolicy", observed.network_policy.name))
+    if claim is not None and observed.claim is not None and observed.claim.controller_uid == uid:
+        # A claim's spec cannot change after creation: only its labels, annotations and owner are held.
+        where = drift.drift_of(claim, observed.claim.owned, metadata_only=True) if observed.claim.owned else ""
+        if where:
+            plan.apply.append(claim_metadata(claim))
+            plan.drifted.append(f"{claim['kind']} {claim['metadata']['name']} at {where}")
 
     desired = int(spec["serving"].get("replicas", 1))
     if autoscaled:
@@ -362,12 +520,8 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
         ),
         _ready_condition(phase, training, ready=ready_count, desired=desired, served=served, degraded=degraded_message),
     ]
-    conditions = merge_conditions(old.get("conditions") or [], conditions, generation, now)
-    ready_message = next(c["message"] for c in conditions if c["type"] == "Ready")
-    plan.events.extend(
-        transition_events(old.get("conditions") or [], conditions, str(old.get("phase") or ""), phase, ready_message)
-    )
-
+    plan.phase = phase
+    plan.raw_conditions = conditions
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "phase": phase,
@@ -400,7 +554,119 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
             "specHash": naming.short_spec_hash(spec),
         }
     plan.status = status
+    finish(md, plan, now, plan.blocker)
     return plan
+
+
+def finish(md: dict[str, Any], plan: Plan, now: str, blocker: Blocker | None) -> None:
+    """Turn the plan's phase and conditions into the status and its events, with kstatus's Reconciling/Stalled.
+
+    A blocker (a child conflict, a write the API server refused) outranks everything else: Ready=False with its
+    reason and message, phase Failed, Stalled=True. Run again by `reconcile` when a write fails after `decide`.
+    """
+    old = md.get("status") or {}
+    generation = int(md["metadata"].get("generation", 0))
+    phase = plan.phase
+    conditions = [dict(c) for c in plan.raw_conditions]
+    if blocker is not None:
+        phase = PHASE_FAILED
+        for cond in conditions:
+            if cond["type"] == "Ready" or cond["type"] == "Progressing":
+                cond.update(status="False", reason=blocker.reason, message=blocker.message)
+    ready = next(c for c in conditions if c["type"] == "Ready")
+    progressing = next(c for c in conditions if c["type"] == "Progressing")
+    stalled = phase in (PHASE_FAILED, PHASE_DEGRADED)
+    reconciling = not stalled and phase != PHASE_READY
+    conditions.append(
+        _condition("Reconciling", reconciling, progressing["reason"], progressing["message"])
+        if reconciling
+        else _condition("Reconciling", False, "Stalled" if stalled else "Reconciled", ready["message"])
+    )
+    conditions.append(
+        _condition("Stalled", True, ready["reason"], ready["message"])
+        if stalled
+        else _condition("Stalled", False, "AsExpected", "nothing is blocked")
+    )
+    conditions = merge_conditions(old.get("conditions") or [], conditions, generation, now)
+    events = transition_events(
+        old.get("conditions") or [], conditions, str(old.get("phase") or ""), phase, ready["message"]
+    )
+    previous_ready: dict[str, Any] = next((c for c in old.get("conditions") or [] if c.get("type") == "Ready"), {})
+    if blocker is not None and previous_ready.get("reason") != blocker.reason:
+        # The event that reports the block carries its reason (once: later news while blocked keeps its own).
+        events = [Event("Warning", blocker.reason, e.message) for e in events]
+    plan.status = {**plan.status, "phase": phase, "conditions": conditions}
+    plan.events = [*plan.notices, *events]
+
+
+def _recover_lost_artifacts(
+    md: dict[str, Any], claim: dict[str, Any], observed: Observed, versions: list[dict[str, Any]], plan: Plan
+) -> tuple[Observed, list[dict[str, Any]]]:
+    """The operator's artifact claim was deleted: every version on it is gone. Start again from nothing.
+
+    The versions leave the status, the training Jobs go (a completed Job's report names an artifact that no longer
+    exists: nothing is reused), the Deployment goes (its pods hold the old claim, which cannot finish deleting
+    while they run); a new claim is made once the old one is gone, then the current spec trains again.
+    """
+    uid = str(md["metadata"].get("uid") or "")
+    name = claim["metadata"]["name"]
+    if observed.claim is None:
+        plan.verify_gone = name  # the watch may only have lost it (its labels edited away): reconcile reads it
+    for job in observed.jobs:
+        if job.controller_uid == uid and not job.deleting and job.component == naming.COMPONENT_TRAINING:
+            plan.delete.append(("Job", job.name))
+    dep = observed.deployment
+    if dep is not None and dep.controller_uid == uid:
+        plan.delete.append(("Deployment", dep.name))
+    lost = ", ".join(str(v["version"]) for v in versions)
+    plan.notices.append(
+        Event(
+            "Warning",
+            "ArtifactsLost",
+            f"PersistentVolumeClaim {name} was deleted, and with it version(s) {lost}: the serving Deployment is "
+            "removed so that the claim can go, and the current spec trains again on a new claim",
+        )
+    )
+    kept_pods = tuple(p for p in observed.pods if p.component != naming.COMPONENT_TRAINING)
+    return replace(observed, jobs=(), pods=kept_pods, deployment=None), []
+
+
+def claim_metadata(claim: dict[str, Any]) -> dict[str, Any]:
+    """The part of the claim the operator may still write after creation: its labels, annotations and owner."""
+    keys = ("name", "namespace", "labels", "annotations", "ownerReferences")
+    return {"apiVersion": "v1", "kind": claim["kind"], "metadata": {k: claim["metadata"][k] for k in keys}}
+
+
+def _hold(
+    plan: Plan,
+    manifest: dict[str, Any],
+    child: ChildState | DeploymentState | None,
+    blocked_by: Callable[[str, Any], bool],
+) -> None:
+    """Plan the write that holds one applied child (Deployment, Service, HPA, NetworkPolicy) to its manifest, if any
+    is needed."""
+    kind = manifest["kind"]
+    if child is None:
+        plan.apply_new.append(manifest)
+        return
+    if blocked_by(kind, child):
+        return
+    if child.owned is not None:
+        where = drift.drift_of(manifest, child.owned)
+    else:  # a summary without the object (tests): the hash annotation, and the replicas that the hash leaves out
+        want = manifest["metadata"]["annotations"].get(naming.ANNOTATION_CONFIG_HASH)
+        where = "" if child.config_hash == want else "metadata.annotations"
+        replicas = manifest["spec"].get("replicas")
+        if isinstance(child, DeploymentState) and replicas is not None and child.desired != replicas:
+            where = where or "spec.replicas"
+    if not where:
+        return
+    plan.apply.append(manifest)
+    plan.drifted.append(f"{kind} {manifest['metadata']['name']} at {where}")
+    if kind == "Service" and where.startswith("spec.ports"):
+        # A port's number is part of its list key: server-side apply would add ours beside the edited one (two
+        # ports named http, refused). A merge patch replaces the list first.
+        plan.patch.append((kind, manifest["metadata"]["name"], {"spec": {"ports": manifest["spec"]["ports"]}}))
 
 
 def _compressed_condition(training: Training) -> dict[str, Any]:

@@ -70,18 +70,18 @@ async def deployment_index(
 
 @kopf.index("v1", "services", labels=OURS)
 async def service_index(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, observed.ChildState]:
     parent = _parent(namespace, labels)
-    return {parent: observed.summarize_child(body)} if parent else {}
+    return {parent: observed.summarize_child(body)} if parent and parent[1] == name else {}
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OURS)
 async def hpa_index(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, observed.ChildState]:
     parent = _parent(namespace, labels)
-    return {parent: observed.summarize_child(body)} if parent else {}
+    return {parent: observed.summarize_child(body)} if parent and parent[1] == name else {}
 
 
 @kopf.index("v1", "persistentvolumeclaims", labels=OURS)
@@ -130,7 +130,9 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> No
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.batch_window = 0.05
-    kube = memo.get("kube") or connect(config.field_manager, max(config.api_qps_burst, config.workers + 2))
+    kube = memo.get("kube") or connect(
+        config.field_manager, max(config.api_qps_burst, config.workers + 2), config.api_timeout_seconds
+    )
     memo.kube = kube
     indices = {
         name: kwargs[name]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modeldeploy_operator import naming
+from modeldeploy_operator.drift import owned_view
 
 # Waiting reasons of a container that will not get better by waiting: the ModelDeployment is Degraded.
 BROKEN_WAITING_REASONS = frozenset(
@@ -59,6 +60,7 @@ class JobState:
     message: str
     component: str
     deleting: bool = False
+    controller_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,12 @@ class PodState:
     unschedulable_message: str
     deleting: bool = False
     version: str = ""
+    last_exit_reason: str = ""
+    """Why a container last ended (OOMKilled, Error...), from its state or lastState."""
+    waiting_reason: str = ""
+    """The waiting reason that makes the pod broken (ImagePullBackOff, CrashLoopBackOff...), else ""."""
+    unschedulable_since: str = ""
+    """lastTransitionTime of the PodScheduled=False condition (RFC 3339) while the pod is unschedulable."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,9 @@ class DeploymentState:
     deadline_exceeded: bool
     config_hash: str
     model_version: str
+    controller_uid: str = ""
+    owned: Mapping[str, Any] | None = None
+    """drift.owned_view of the object: what the drift check compares with the built manifest."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,10 @@ class ChildState:
     name: str
     config_hash: str
     phase: str = ""
+    controller_uid: str = ""
+    owned: Mapping[str, Any] | None = None
+    """drift.owned_view of the object: what the drift check compares with the built manifest."""
+    deleting: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,22 @@ def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return _get(obj, "metadata", "annotations") or {}
 
 
+def controller_uid(obj: Mapping[str, Any]) -> str:
+    """The uid of the object's controlling owner ("" when none): what tells our children from look-alikes."""
+    for ref in _get(obj, "metadata", "ownerReferences") or []:
+        if isinstance(ref, Mapping) and ref.get("controller") is True:
+            return str(ref.get("uid") or "")
+    return ""
+
+
+def controller_description(obj: Mapping[str, Any]) -> str:
+    """Who controls the object, in words, for a message that tells the user why the operator keeps off it."""
+    for ref in _get(obj, "metadata", "ownerReferences") or []:
+        if isinstance(ref, Mapping) and ref.get("controller") is True:
+            return f"it is controlled by {ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
+    return "it has no controller owner reference (it was not made by this operator for this ModelDeployment)"
+
+
 def summarize_job(obj: Mapping[str, Any]) -> JobState:
     if _is_true(obj, "Complete") or _is_true(obj, "SuccessCriteriaMet"):
         outcome, message = "Succeeded", ""
@@ -143,6 +174,7 @@ def summarize_job(obj: Mapping[str, Any]) -> JobState:
         message=message,
         component=_labels(obj).get(naming.LABEL_COMPONENT, ""),
         deleting=_get(obj, "metadata", "deletionTimestamp") is not None,
+        controller_uid=controller_uid(obj),
     )
 
 
@@ -150,18 +182,26 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
     statuses = list(_get(obj, "status", "initContainerStatuses") or []) + list(
         _get(obj, "status", "containerStatuses") or []
     )
-    broken, restarts, message = "", 0, None
+    broken, waiting_reason, restarts, message, exit_reason = "", "", 0, None, ""
     for status in statuses:
         if not isinstance(status, Mapping):
             continue
         restarts += _int(status.get("restartCount"))
+        ended = _get(status, "state", "terminated") or _get(status, "lastState", "terminated") or {}
+        if ended.get("reason") not in (None, "Completed") and not exit_reason:
+            exit_reason = str(ended["reason"])
         waiting = _get(status, "state", "waiting") or {}
         if waiting.get("reason") in BROKEN_WAITING_REASONS and not broken:
-            broken = f"container {status.get('name')} is in {waiting['reason']}"
-            # Why it last exited (the serving image's last log line, e.g. a model whose sha256 is not its card's).
+            waiting_reason = str(waiting["reason"])
+            broken = f"container {status.get('name')} is in {waiting_reason}"
+            if exit_reason:
+                broken += f" (last exit: {exit_reason})"
+            # The kubelet's message, then why it last exited (the serving image's last log line, e.g. a model whose
+            # sha256 is not its card's).
             last_words = str((_get(status, "lastState", "terminated") or {}).get("message") or "").strip()
-            if last_words:
-                broken += f": {last_words.splitlines()[-1][:300]}"
+            details = [str(waiting.get("message") or "")[:300], last_words.splitlines()[-1][:300] if last_words else ""]
+            if any(details):
+                broken += ": " + "; ".join(d for d in details if d)
         if status.get("name") == naming.TRAIN_CONTAINER:
             terminated = _get(status, "state", "terminated") or _get(status, "lastState", "terminated") or {}
             if "message" in terminated:
@@ -179,8 +219,11 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
         restarts=restarts,
         termination_message=message,
         unschedulable_message=unschedulable,
+        unschedulable_since=str(scheduled.get("lastTransitionTime") or "") if unschedulable else "",
         deleting=_get(obj, "metadata", "deletionTimestamp") is not None,
         version=labels.get(naming.LABEL_VERSION, ""),
+        last_exit_reason=exit_reason,
+        waiting_reason=waiting_reason,
     )
 
 
@@ -199,6 +242,8 @@ def summarize_deployment(obj: Mapping[str, Any]) -> DeploymentState:
         deadline_exceeded=progressing.get("reason") == "ProgressDeadlineExceeded",
         config_hash=_annotations(obj).get(naming.ANNOTATION_CONFIG_HASH, ""),
         model_version=_labels(obj).get(naming.LABEL_VERSION, ""),
+        controller_uid=controller_uid(obj),
+        owned=owned_view(obj),
     )
 
 
@@ -207,4 +252,7 @@ def summarize_child(obj: Mapping[str, Any]) -> ChildState:
         name=str(_get(obj, "metadata", "name")),
         config_hash=_annotations(obj).get(naming.ANNOTATION_CONFIG_HASH, ""),
         phase=str(_get(obj, "status", "phase") or ""),
+        controller_uid=controller_uid(obj),
+        owned=owned_view(obj),
+        deleting=_get(obj, "metadata", "deletionTimestamp") is not None,
     )

@@ -39,16 +39,25 @@ async def run_operator(options: Options) -> int:
     from modeldeploy_operator import handlers  # noqa: PLC0415,F401 (registers the handlers with kopf)
 
     config = settings_from_env()
-    kube = connect(config.field_manager, max(config.api_qps_burst, config.workers + 2))
+    kube = connect(config.field_manager, max(config.api_qps_burst, config.workers + 2), config.api_timeout_seconds)
     if not is_supported_server(kube):  # older than the minimum Kubernetes: refused with the reason logged
         kube.close()
         return 2
     elector = None
     if options.leader_election:
         identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # The Lease has its own connections, so that busy workers never delay a renewal.
+        lease_kube = connect(config.field_manager, 2, config.api_timeout_seconds)
         elector = LeaderElector(
-            kube, options.lease_namespace, config.lease_name, identity, config.lease_duration_seconds
+            lease_kube,
+            options.lease_namespace,
+            config.lease_name,
+            identity,
+            duration=config.lease_duration_seconds,
+            renew_deadline=config.renew_deadline_seconds,
+            retry_period=config.retry_period_seconds,
         )
+        kube.may_write = elector.may_write  # the fence: no write once leadership cannot be proven
     state = HealthState(elector)
     runner = await serve_health(options.liveness, state) if options.liveness else None
     lost = False
@@ -86,6 +95,8 @@ async def run_operator(options: Options) -> int:
         if runner is not None:
             await runner.cleanup()
         kube.close()
+        if elector is not None:
+            elector.kube.close()
     return 1 if lost else 0
 
 

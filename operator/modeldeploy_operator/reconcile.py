@@ -7,10 +7,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from modeldeploy_operator import builders
 from modeldeploy_operator import decide as deciding
-from modeldeploy_operator.observed import Observed
+from modeldeploy_operator.observed import Observed, controller_description, controller_uid
 from modeldeploy_operator.settings import Settings
-from modeldeploy_operator.storage import Kube, NotFoundError
+from modeldeploy_operator.storage import FencedError, Kube, NotFoundError, StorageError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -25,26 +26,113 @@ class Outcome:
     gone: bool = False
     written_status: tuple[int, dict[str, Any]] | None = None
     """(resourceVersion, status) of the status write, so the next reconcile does not act on a lagging watch."""
+    requeue_after: float = 0.0
+    """Reconcile again after this many seconds (a grace period that ends without a watch event)."""
+    blocker: deciding.Blocker | None = None
+    """Set when the spec could not be reached (a conflict, a refused write): the runtime retries with backoff."""
 
 
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _is_final(err: StorageError) -> bool:
+    """A refusal that retrying alone will not fix (403, 422, 400...): it belongs in the status."""
+    return not isinstance(err, TransientError | NotFoundError | FencedError)
+
+
 def reconcile(kube: Kube, md: dict[str, Any], observed: Observed, settings: Settings) -> Outcome:
-    """Bring the children to the spec and write the status; safe to run again at any point (idempotent)."""
-    plan = deciding.decide(md, observed, settings, now_rfc3339())
-    outcome = Outcome(events=plan.events, phase=plan.status.get("phase", ""))
+    """Bring the children to the spec and write the status; safe to run again at any point (idempotent).
+
+    A child that exists under its name but is not controlled by this ModelDeployment is never written: the status
+    says ChildConflict. A write the API server refuses for good ends in the status too (and one Event); transient
+    errors propagate, and the runtime retries with backoff.
+    """
+    now = now_rfc3339()
+    plan = deciding.decide(md, observed, settings, now)
+    outcome = Outcome()
     namespace = md["metadata"]["namespace"]
+    uid = str(md["metadata"].get("uid") or "")
+    blocker = plan.blocker
+
+    def refused(verb: str, manifest_kind: str, name: str, err: StorageError) -> None:
+        nonlocal blocker
+        logger.warning("%s/%s: %s %s %s refused: %s", namespace, md["metadata"]["name"], verb, manifest_kind, name, err)
+        blocker = blocker or deciding.write_failure(verb, manifest_kind, name, err.status, err.api_message)
+
+    def foreign(kind: str, name: str) -> bool:
+        """Read an object the cache does not show: True (and a ChildConflict) when someone else controls it."""
+        nonlocal blocker
+        try:
+            existing = kube.get(kind, namespace, name)
+        except NotFoundError:
+            return False
+        if controller_uid(existing) == uid:
+            return False
+        message = deciding.conflict_message(md, kind, name, controller_description(existing))
+        blocker = blocker or deciding.Blocker("ChildConflict", message)
+        return True
+
+    if plan.verify_gone:
+        try:
+            claim = kube.get("PersistentVolumeClaim", namespace, plan.verify_gone)
+        except NotFoundError:
+            claim = None
+        if claim is not None and not (claim.get("metadata") or {}).get("deletionTimestamp"):
+            # Not lost: the watch no longer sees it (its labels were edited away). Put its metadata back and act
+            # on nothing else: the next reconcile sees the claim and its versions again.
+            if controller_uid(claim) == uid:
+                built = builders.build_claim({**md, "spec": deciding.normalized_spec(md)})
+                if built is not None:
+                    kube.apply(deciding.claim_metadata(built))
+                    outcome.writes.append(f"applied PersistentVolumeClaim {plan.verify_gone} (labels restored)")
+            return outcome
     for manifest in plan.create:
-        if kube.create(manifest):
-            outcome.writes.append(f"created {manifest['kind']} {manifest['metadata']['name']}")
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        try:
+            if kube.create(manifest):
+                outcome.writes.append(f"created {kind} {name}")
+            else:
+                foreign(kind, name)  # it existed: ours (a re-run) or someone else's
+        except StorageError as err:
+            if not _is_final(err):
+                raise
+            refused("create", kind, name, err)
     for kind, name in plan.delete:
-        if kube.delete(kind, namespace, name):
-            outcome.writes.append(f"deleted {kind} {name}")
-    for manifest in plan.apply:
-        kube.apply(manifest)
-        outcome.writes.append(f"applied {manifest['kind']} {manifest['metadata']['name']}")
+        try:
+            if kube.delete(kind, namespace, name):
+                outcome.writes.append(f"deleted {kind} {name}")
+        except StorageError as err:
+            if not _is_final(err):
+                raise
+            refused("delete", kind, name, err)
+    for line in plan.drifted:
+        logger.info("%s/%s: drift in %s: repairing", namespace, md["metadata"]["name"], line)
+    for kind, name, body in plan.patch:
+        try:
+            kube.merge_patch(kind, namespace, name, body)
+            outcome.writes.append(f"patched {kind} {name}")
+        except StorageError as err:
+            if not _is_final(err):
+                raise
+            refused("patch", kind, name, err)
+    for manifest in [*plan.apply_new, *plan.apply]:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        try:
+            if any(manifest is new for new in plan.apply_new) and foreign(kind, name):
+                continue
+            kube.apply(manifest)
+            outcome.writes.append(f"applied {kind} {name}")
+        except StorageError as err:
+            if not _is_final(err):
+                raise
+            refused("apply", kind, name, err)
+    if blocker is not plan.blocker:
+        deciding.finish(md, plan, now, blocker)
+    outcome.events = plan.events
+    outcome.requeue_after = plan.requeue_after
+    outcome.phase = plan.status.get("phase", "")
+    outcome.blocker = blocker
     patch = deciding.status_patch(md.get("status") or {}, plan.status)
     if patch is not None:
         try:

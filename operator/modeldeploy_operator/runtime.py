@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import random
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from modeldeploy_operator import decide
 from modeldeploy_operator.observed import ChildState, DeploymentState, JobState, Observed, PodState
 from modeldeploy_operator.reconcile import reconcile
 from modeldeploy_operator.settings import Settings
-from modeldeploy_operator.storage import Kube, StorageError, TransientError
+from modeldeploy_operator.storage import FencedError, Kube, StorageError, TransientError
 from modeldeploy_operator.workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class Runtime:
     on_fatal: Callable[[], None] = lambda: None
     reconciles: int = 0
     _written: dict[Key, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    _failures: dict[Key, int] = field(default_factory=dict)
+    _gone: dict[Key, str] = field(default_factory=dict)
+    """uid of ModelDeployments the API server no longer has although the index still does (deleted during a watch
+    gap: kopf relists after a 410 but drops only what a DELETED event names)."""
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -128,30 +133,59 @@ class Runtime:
             for key in asyncio.run_coroutine_threadsafe(keys(), self.loop).result(timeout=30):
                 self.queue.add(key)
 
+    def backoff(self, key: Key, retry_after: float = 0.0) -> float:
+        """The next delay of `key`: exponential per object with jitter, capped, never shorter than Retry-After."""
+        with self._lock:
+            failures = self._failures.get(key, 0) + 1
+            self._failures[key] = failures
+        ceiling = min(self.settings.retry_max_seconds, self.settings.retry_seconds * 2 ** min(failures - 1, 30))
+        return max(random.uniform(ceiling / 2, ceiling), retry_after)
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
     def _work(self) -> None:
         while (key := self.queue.get()) is not None:
             try:
-                self.reconcile_one(key)
+                if self.reconcile_one(key):
+                    self.forget(key)
+                else:
+                    delay = self.backoff(key)
+                    logger.info("%s/%s is blocked; checking again in %.1fs", *key, delay)
+                    self.queue.add_after(key, delay)
+            except FencedError as err:
+                logger.error("reconciling %s/%s stopped: %s", *key, err)
             except TransientError as err:
-                logger.warning("reconciling %s/%s: %s; retrying in %gs", *key, err, self.settings.retry_seconds)
-                self.queue.add_after(key, self.settings.retry_seconds)
+                delay = self.backoff(key, err.retry_after)
+                logger.warning("reconciling %s/%s: %s; retrying in %.1fs", *key, err, delay)
+                self.queue.add_after(key, delay)
             except StorageError as err:
-                delay = self.settings.retry_seconds * 6
-                logger.error("reconciling %s/%s failed: %s; retrying in %gs", *key, err, delay)
-                self.queue.add_after(key, self.settings.retry_seconds * 6)
+                delay = self.backoff(key)
+                logger.error("reconciling %s/%s failed: %s; retrying in %.1fs", *key, err, delay)
+                self.queue.add_after(key, delay)
             # A bug must not kill a worker thread: logged in full, then retried later.
             except Exception:
-                logger.exception("reconciling %s/%s crashed; retrying in %gs", *key, self.settings.retry_seconds * 6)
-                self.queue.add_after(key, self.settings.retry_seconds * 6)
+                delay = self.backoff(key)
+                logger.exception("reconciling %s/%s crashed; retrying in %.1fs", *key, delay)
+                self.queue.add_after(key, delay)
             finally:
                 self.queue.done(key)
 
-    def reconcile_one(self, key: Key) -> None:
+    def reconcile_one(self, key: Key) -> bool:
+        """Reconcile one ModelDeployment; False when something blocks it (then it is tried again with backoff)."""
         md, observed = self.snapshot(key)
         if md is None or md["metadata"].get("deletionTimestamp"):
-            return  # gone or going: owner references let the garbage collector remove the children
+            return True  # gone or going: owner references let the garbage collector remove the children
+        uid = str(md["metadata"].get("uid") or "")
+        with self._lock:
+            if uid and self._gone.get(key) == uid:
+                return True
         outcome = reconcile(self.kube, md, observed, self.settings)
         self.reconciles += 1
+        if outcome.gone:
+            with self._lock:
+                self._gone[key] = uid
         if outcome.written_status is not None:
             with self._lock:
                 self._written[key] = outcome.written_status
@@ -159,6 +193,9 @@ class Runtime:
             logger.info("%s/%s: %s", key[0], key[1], line)
         for event in outcome.events:
             self.post_event(md, event)
+        if outcome.requeue_after:
+            self.queue.add_after(key, outcome.requeue_after)
+        return outcome.blocker is None
 
     def post_event(self, md: dict[str, Any], event: decide.Event) -> None:
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 
 class SettingsError(ValueError):
@@ -21,8 +21,9 @@ class Settings:
     serving_image: str = "modeldeploy/serving:0.1.0"
     """Image of the inference Deployment when the ModelDeployment's spec.serving.image is empty."""
 
-    cleanup_image: str = "busybox:1.36"
-    """Image of the small Job that removes the artifacts of versions beyond spec.retainVersions from the volume."""
+    cleanup_image: str = ""
+    """Image of the small Job that removes the artifacts of versions beyond spec.retainVersions from the volume
+    (it runs `rm -rf`); empty means the training image, which the nodes have already."""
 
     image_pull_policy: str = "IfNotPresent"
     """imagePullPolicy of every container the operator creates."""
@@ -43,8 +44,12 @@ class Settings:
     resync_seconds: float = 300.0
     """A ModelDeployment is reconciled at least this often even when no watch event arrives (a safety net)."""
 
-    retry_seconds: float = 5.0
-    """Delay before retrying a reconcile that failed on a transient API error."""
+    retry_seconds: float = 1.0
+    """First delay before retrying a ModelDeployment whose reconcile failed or is blocked; doubled per failure of
+    that object (with jitter: a random point in the upper half), up to `retry_max_seconds`."""
+
+    retry_max_seconds: float = 300.0
+    """The longest delay between retries of one ModelDeployment (a Retry-After of the API server may be longer)."""
 
     lease_name: str = "modeldeploy-operator"
     """Name of the coordination.k8s.io Lease that elects the one active operator process."""
@@ -53,7 +58,20 @@ class Settings:
     """Namespace of the Lease; empty means the first watched namespace, or `default` when cluster-wide."""
 
     lease_duration_seconds: int = 15
-    """A leader that has not renewed for this long is presumed dead; another process takes over."""
+    """A Lease whose record has not changed for this long (on the standby's own clock) may be taken over."""
+
+    renew_deadline_seconds: float = 0.0
+    """The leader stops writing (and exits) when it has not renewed the Lease for this long; less than the lease
+    duration by at least `api_timeout_seconds`, so its last write lands before a standby can take over.
+    0 means 2/3 of the lease duration (client-go's 10 s of 15)."""
+
+    retry_period_seconds: float = 0.0
+    """How often the leader renews the Lease and a standby tries to take it. 0 means 2/15 of the lease duration
+    (client-go's 2 s of 15)."""
+
+    api_timeout_seconds: float = 0.0
+    """Timeout of every API request of the operator (its writes, the Lease): at most the lease duration minus the
+    renew deadline. 0 means exactly that margin, at most 5 s."""
 
     run_as_user: int = 65532
     """UID the operator's pods run as (the images' non-root user)."""
@@ -85,4 +103,33 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("MODELDEPLOY_OPERATOR_WORKERS must be at least 1")
     if settings.lease_duration_seconds < 3:
         raise SettingsError("MODELDEPLOY_OPERATOR_LEASE_DURATION_SECONDS must be at least 3")
+    settings = _derive_lease_timing(settings)
+    check_lease_timing(settings)
     return settings
+
+
+def _derive_lease_timing(settings: Settings) -> Settings:
+    duration = float(settings.lease_duration_seconds)
+    deadline = settings.renew_deadline_seconds or duration * 2 / 3
+    return replace(
+        settings,
+        renew_deadline_seconds=deadline,
+        retry_period_seconds=settings.retry_period_seconds or duration * 2 / 15,
+        api_timeout_seconds=settings.api_timeout_seconds or min(5.0, duration - deadline),
+    )
+
+
+def check_lease_timing(settings: Settings) -> None:
+    """client-go's rules: retry period < renew deadline < lease duration, and requests end before the lease does."""
+    retry, deadline = settings.retry_period_seconds, settings.renew_deadline_seconds
+    duration, timeout = settings.lease_duration_seconds, settings.api_timeout_seconds
+    if not 0 < retry < deadline < duration:
+        raise SettingsError(
+            f"need RETRY_PERIOD_SECONDS ({retry:g}) < RENEW_DEADLINE_SECONDS ({deadline:g}) < "
+            f"LEASE_DURATION_SECONDS ({duration}) (MODELDEPLOY_OPERATOR_ prefix); adjust them"
+        )
+    if not 0 < timeout <= duration - deadline:
+        raise SettingsError(
+            f"MODELDEPLOY_OPERATOR_API_TIMEOUT_SECONDS ({timeout:g}) must be positive and at most the lease duration "
+            f"minus the renew deadline ({duration - deadline:g}): a write must land before another leader can start"
+        )

@@ -9,6 +9,7 @@ import collections
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any, Final
 
 from modeldeploy.spec import GROUP, PLURAL, VERSION
@@ -32,10 +33,16 @@ PATHS: Final[dict[str, tuple[str, str]]] = {
 class StorageError(Exception):
     """An API request failed; the message says which and what the server answered."""
 
-    def __init__(self, message: str, status: int = 0, reason: str = "") -> None:
+    def __init__(
+        self, message: str, status: int = 0, reason: str = "", api_message: str = "", retry_after: float = 0.0
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.api_message = api_message or message
+        """What the API server said (its Status message), for the ModelDeployment's conditions."""
+        self.retry_after = retry_after
+        """Seconds the server asked the client to wait (Retry-After of a 429 or 503), else 0."""
 
 
 class NotFoundError(StorageError):
@@ -50,13 +57,27 @@ class TransientError(StorageError):
     """The API server is unreachable, overloaded or timed out: retry later."""
 
 
+class FencedError(StorageError):
+    """A write refused in this process because it can no longer prove that it holds the leader Lease."""
+
+
+def _retry_after(headers: Any) -> float:
+    try:
+        value = float((headers or {}).get("Retry-After") or 0)
+    except (TypeError, ValueError):
+        return 0.0
+    return min(max(value, 0.0), 300.0)
+
+
 class Kube:
     """A thin client: JSON in, JSON out, one kind of exception per outcome that the callers tell apart."""
 
-    def __init__(self, api_client: Any, field_manager: str, timeout: float = 30.0) -> None:
+    def __init__(self, api_client: Any, field_manager: str, timeout: float = 5.0) -> None:
         self._api = api_client
         self.field_manager = field_manager
-        self._timeout = timeout
+        self._timeout = timeout or 5.0  # 0: Settings built directly, without settings_from_env
+        self.may_write: Callable[[], bool] = lambda: True
+        """Checked before every write: the leader elector's fence (False once leadership cannot be proven)."""
         self._calls: collections.Counter[str] = collections.Counter()
         self._calls_lock = threading.Lock()
 
@@ -87,6 +108,8 @@ class Kube:
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 (kept off the import path)
         from urllib3.exceptions import HTTPError  # noqa: PLC0415
 
+        if method != "GET" and not self.may_write():
+            raise FencedError(f"{method} {path}: refused, this process no longer holds the leader Lease")
         headers = {"Accept": "application/json", "Content-Type": content_type}
         # The client serializes a dict for JSON content types; an apply patch (YAML) must be given as text.
         payload = body if body is None or "json" in content_type else json.dumps(body)
@@ -106,6 +129,7 @@ class Kube:
             response.read()
             status = int(response.status)
             data = response.data or b"{}"
+            headers = response.getheaders() if hasattr(response, "getheaders") else {}
         except ApiException as err:
             raise TransientError(f"{method} {path}: {err.reason}", 0) from err
         except (OSError, HTTPError) as err:
@@ -116,15 +140,16 @@ class Kube:
             parsed = {"message": data.decode(errors="replace")[:500]}
         if 200 <= status < 300:
             return parsed if isinstance(parsed, dict) else {}
-        message = f"{method} {path}: {status} {parsed.get('message', '')}"
+        api_message = str(parsed.get("message", ""))[:1000]
+        message = f"{method} {path}: {status} {api_message}"
         reason = str(parsed.get("reason", ""))
         if status == 404:
-            raise NotFoundError(message, status, reason)
+            raise NotFoundError(message, status, reason, api_message)
         if status == 409:
-            raise ConflictError(message, status, reason)
+            raise ConflictError(message, status, reason, api_message)
         if status in (429, 500, 502, 503, 504) or status == 0:
-            raise TransientError(message, status, reason)
-        raise StorageError(message, status, reason)
+            raise TransientError(message, status, reason, api_message, _retry_after(headers))
+        raise StorageError(message, status, reason, api_message)
 
     @staticmethod
     def path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
@@ -169,6 +194,16 @@ class Kube:
             content_type="application/apply-patch+yaml",
         )
 
+    def merge_patch(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch (lists in it replace the object's lists whole)."""
+        return self.request(
+            "PATCH",
+            self.path(kind, namespace, name),
+            body=body,
+            query={"fieldManager": self.field_manager},
+            content_type="application/merge-patch+json",
+        )
+
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete with background propagation (pods of a Job go too); False when it was gone already."""
         try:
@@ -196,7 +231,7 @@ class Kube:
         return self.request("PUT", self.path(manifest["kind"], meta["namespace"], meta["name"]), body=manifest)
 
 
-def connect(field_manager: str, pool_size: int) -> Kube:
+def connect(field_manager: str, pool_size: int, timeout: float = 5.0) -> Kube:
     """A client for the cluster of KUBECONFIG (or the pod's service account in a cluster)."""
     from kubernetes import client, config  # noqa: PLC0415
 
@@ -206,4 +241,4 @@ def connect(field_manager: str, pool_size: int) -> Kube:
     except config.ConfigException:
         config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     configuration.connection_pool_maxsize = pool_size
-    return Kube(client.ApiClient(configuration), field_manager)
+    return Kube(client.ApiClient(configuration), field_manager, timeout)

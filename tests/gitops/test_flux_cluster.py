@@ -251,11 +251,6 @@ def test_a_failing_training_fails_the_kustomization_well_within_its_timeout(flux
     assert "column 'label' not found" in described
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the operator to set Stalled=True with observedGeneration=generation on a terminal failure "
-    "(issue 13's branch); without it plain kstatus reads Ready=False as InProgress and Flux waits out its timeout",
-)
 def test_a_failing_training_fails_a_kustomization_without_health_expressions(flux: FluxEnv) -> None:
     """Plain kstatus, as a user who has not copied the sample's healthCheckExprs gets it."""
     first_sync(flux)

@@ -44,6 +44,9 @@ def test_the_operator_role_is_least_privilege() -> None:
     assert granted[("modeldeploy.dev", "modeldeployments/status")] == {"patch"}
     assert granted[("", "pods")] == {"list", "watch"}
     assert "delete" not in granted[("apps", "deployments")] and "delete" not in granted[("", "services")]
+    # Before its first write to a child the operator reads who controls an object of that name (never adopts).
+    children = [("batch", "jobs"), ("", "persistentvolumeclaims"), ("apps", "deployments"), ("", "services")]
+    assert all("get" in granted[child] for child in [*children, ("autoscaling", "horizontalpodautoscalers")])
 
 
 def test_leases_are_limited_to_the_operators_namespace_and_name() -> None:

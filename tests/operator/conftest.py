@@ -26,7 +26,18 @@ CRDS = REPO / "crds"
 @pytest.fixture(scope="session")
 def crd(kubectl: Any) -> None:
     kubectl("apply", "-f", str(CRDS))
-    wait_crd_established(lambda *a: str(kubectl(*a).stdout))
+    # check=False: before the CRD has conditions, kubectl's jsonpath filter fails outright ("not array"): not yet.
+    wait_crd_established(lambda *a: str(kubectl(*a, check=False).stdout))
+
+
+# Short, but with client-go's margins (retry < renew deadline; renew deadline + API timeout <= lease duration) and
+# room for a busy shared machine: a leader that cannot renew for 6 s stops writing.
+LEASE_TIMING = {
+    "MODELDEPLOY_OPERATOR_LEASE_DURATION_SECONDS": "10",
+    "MODELDEPLOY_OPERATOR_RENEW_DEADLINE_SECONDS": "6",
+    "MODELDEPLOY_OPERATOR_RETRY_PERIOD_SECONDS": "1",
+    "MODELDEPLOY_OPERATOR_API_TIMEOUT_SECONDS": "4",
+}
 
 
 def _free_port() -> int:
@@ -39,7 +50,7 @@ class OperatorProcess:
     """`modeldeploy operator` as a subprocess watching one namespace; its log is kept for assertions."""
 
     def __init__(self, env: dict[str, str], namespace: str, log: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.env = {**env, "MODELDEPLOY_OPERATOR_LEASE_DURATION_SECONDS": "6", **(extra_env or {})}
+        self.env = {**env, **LEASE_TIMING, **(extra_env or {})}
         self.namespace = namespace
         self.log_path = log
         self.proc: subprocess.Popen[bytes] | None = None

@@ -12,6 +12,9 @@ from modeldeploy_operator.observed import DeploymentState, JobState, PodState
 from modeldeploy import contracts
 from modeldeploy.spec import normalize
 
+OWNER_UID = "uid-1"
+"""The uid of every ModelDeployment `make_md` builds: what its children's controller owner reference names."""
+
 DIGITS_SPEC: dict[str, Any] = {"training": {"recipe": "cnn", "dataset": {"builtin": "digits"}, "epochs": 3}}
 
 
@@ -61,6 +64,7 @@ def job(md: dict[str, Any], outcome: str = "Active", generation: int = 1) -> Job
         outcome=outcome,
         message="BackoffLimitExceeded: Job has reached the specified backoff limit" if outcome == "Failed" else "",
         component=naming.COMPONENT_TRAINING,
+        controller_uid=OWNER_UID,
     )
 
 
@@ -100,4 +104,5 @@ def deployment(
         deadline_exceeded=False,
         config_hash=config_hash,
         model_version=version,
+        controller_uid=OWNER_UID,
     )

@@ -152,6 +152,7 @@ def test_cleanup_job_runs_where_training_ran() -> None:
     assert pod["nodeSelector"] == {"modeldeploy.dev/node": "real"}
     assert pod["tolerations"] == [{"key": "modeldeploy.dev/real-node", "operator": "Exists"}]
     assert pod["containers"][0]["command"][-1] == "/models/digits/v0"
+    assert pod["containers"][0]["image"] == SETTINGS.training_image  # no image from another registry
 
 
 def test_auth_and_tls_mount_the_users_secrets_as_files_and_probe_over_https() -> None:
@@ -232,3 +233,13 @@ def test_a_crash_looping_server_says_why_in_the_pod_summary() -> None:
         },
     }
     assert observed.summarize_pod(pod).broken_reason == f"container serving is in CrashLoopBackOff: ERROR {why}"
+
+
+def test_no_pod_of_a_model_mounts_a_service_account_token() -> None:
+    md = make_md()
+    pods = [
+        builders.build_training_job(md, SETTINGS)["spec"]["template"]["spec"],
+        builders.build_cleanup_job(md, [{"version": "v0", "path": "digits/v0"}], SETTINGS)["spec"]["template"]["spec"],
+        builders.build_deployment(md, {"version": "v1", "path": "digits/v1"}, SETTINGS)["spec"]["template"]["spec"],
+    ]
+    assert [pod["automountServiceAccountToken"] for pod in pods] == [False, False, False]

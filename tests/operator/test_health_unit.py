@@ -16,7 +16,15 @@ from modeldeploy_operator.leader import LeaderElector
 
 
 def _elector(duration: int = 15) -> LeaderElector:
-    return LeaderElector(kube=None, namespace="ns", name="lease", identity="me", duration=duration)  # type: ignore[arg-type]
+    return LeaderElector(
+        kube=None,  # type: ignore[arg-type]
+        namespace="ns",
+        name="lease",
+        identity="me",
+        duration=duration,
+        renew_deadline=duration * 2 / 3,
+        retry_period=duration / 7.5,
+    )
 
 
 def _free_port() -> int:

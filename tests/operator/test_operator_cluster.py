@@ -48,6 +48,8 @@ def test_apply_trains_then_serves_and_reports_ready(
         "Progressing": "False",
         "Degraded": "False",
         "Ready": "True",
+        "Reconciling": "False",
+        "Stalled": "False",
     }
     assert all(c["observedGeneration"] == 1 and c["lastTransitionTime"] for c in conditions.values())
     deployment = models.get("deployment", "digits")
@@ -162,6 +164,10 @@ def test_failed_training_sets_failed_without_retry_and_a_new_generation_retries(
     assert trained["status"] == "False" and trained["reason"] == "InvalidData"
     assert "column 'label' not found" in trained["message"]
     assert models.condition("digits", "Ready")["status"] == "False"
+    # kstatus reads this as Failed (a GitOps pipeline stops waiting): Stalled=True at the current generation.
+    stalled = models.condition("digits", "Stalled")
+    assert stalled["status"] == "True" and "column 'label' not found" in stalled["message"]
+    assert models.condition("digits", "Reconciling")["status"] == "False"
     (job,) = _training_jobs(models, "digits")
     assert len(models.items("pods", f"job-name={job['metadata']['name']}")) == 1  # exit 1 fails the Job: no retries
     models.apply("digits", DIGITS)  # same training spec, new generation: tried again

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime
 import threading
 import time
+from typing import Any
 
 import pytest
 from modeldeploy_operator import observed
-from modeldeploy_operator.leader import LeaderElector, is_free_for
+from modeldeploy_operator.leader import LeaderElector
 from modeldeploy_operator.settings import SettingsError, settings_from_env
-from modeldeploy_operator.storage import Kube
+from modeldeploy_operator.storage import Kube, NotFoundError
 from modeldeploy_operator.workqueue import WorkQueue
 
 
@@ -42,23 +43,98 @@ def test_queue_delays_and_closes() -> None:
     assert got == [None]
 
 
-def _lease(holder: str, renewed: datetime.datetime, duration: int = 15) -> dict[str, object]:
-    return {
-        "spec": {
-            "holderIdentity": holder,
-            "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "leaseDurationSeconds": duration,
-        }
-    }
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_lease_is_taken_only_when_free_ours_or_expired() -> None:
-    now = datetime.datetime.now(datetime.UTC)
-    assert is_free_for(None, "me", now)
-    assert is_free_for(_lease("me", now), "me", now)
-    assert not is_free_for(_lease("other", now - datetime.timedelta(seconds=5)), "me", now)
-    assert is_free_for(_lease("other", now - datetime.timedelta(seconds=16)), "me", now)
-    assert is_free_for(_lease("", now), "me", now)
+class _Leases:
+    """A fake API holding one Lease: what the elector reads and writes (resourceVersion counts the writes)."""
+
+    def __init__(self, spec: dict[str, object] | None) -> None:
+        self.spec = spec
+        self.version = 1
+        self.writes = 0
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, object]:
+        if self.spec is None:
+            raise NotFoundError("gone", 404)
+        meta = {"name": name, "namespace": namespace, "resourceVersion": str(self.version)}
+        return {"metadata": meta, "spec": dict(self.spec)}
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        return self.replace(manifest) is not None
+
+    def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.spec = dict(manifest["spec"])
+        self.version += 1
+        self.writes += 1
+        return manifest
+
+
+def _stamp(seconds_ago: float) -> str:
+    moment = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds_ago)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _elector(kube: Any, clock: _Clock, identity: str = "me") -> LeaderElector:
+    return LeaderElector(kube, "ns", "lease", identity, duration=15, renew_deadline=10, retry_period=2, clock=clock)
+
+
+def test_a_lease_whose_renew_time_is_old_but_whose_record_just_changed_is_not_taken() -> None:
+    # The holder's renewTime says 20 s ago (its clock, or ours, is off), but this process has just seen the record:
+    # client-go counts the lease duration from when the record was last seen to change, on the local clock.
+    leases = _Leases({"holderIdentity": "other", "renewTime": _stamp(20), "leaseDurationSeconds": 15})
+    clock = _Clock()
+    elector = _elector(leases, clock)
+    assert not elector.try_acquire() and elector.seen_holder == "other"
+    clock.now += 14
+    assert not elector.try_acquire()
+    # The holder renews (the record changes): the count starts again.
+    leases.spec = {**(leases.spec or {}), "renewTime": _stamp(19)}
+    clock.now += 2
+    assert not elector.try_acquire()
+    clock.now += 14
+    assert not elector.try_acquire() and leases.writes == 0
+    clock.now += 1.5  # 15.5 s without a change since this process saw the last one: the holder is gone
+    assert elector.try_acquire() and leases.writes == 1
+    assert (leases.spec or {})["holderIdentity"] == "me" and (leases.spec or {})["leaseTransitions"] == 1
+
+
+def test_a_lease_free_missing_or_ours_is_taken_at_once() -> None:
+    clock = _Clock()
+    assert _elector(_Leases(None), clock).try_acquire()
+    assert _elector(_Leases({"holderIdentity": "", "renewTime": _stamp(0)}), clock).try_acquire()
+    assert _elector(_Leases({"holderIdentity": "me", "renewTime": _stamp(0)}), clock).try_acquire()
+
+
+def test_the_fence_closes_at_the_renew_deadline_of_the_last_successful_renewal() -> None:
+    leases = _Leases(None)
+    clock = _Clock()
+    elector = _elector(leases, clock)
+    assert not elector.may_write()  # a standby never writes
+    assert elector.try_acquire() and elector.may_write()
+    clock.now += 9.9
+    assert elector.may_write()
+    clock.now += 0.2  # 10.1 s after the renewal started: a standby may take over at 15 s, so stop now
+    assert not elector.may_write()
+    assert elector.try_acquire() and elector.may_write()  # a late renewal that succeeds opens it again
+
+
+def test_settings_enforce_client_gos_lease_timing() -> None:
+    settings = settings_from_env({})
+    timing = (settings.retry_period_seconds, settings.renew_deadline_seconds, settings.api_timeout_seconds)
+    assert (timing, settings.lease_duration_seconds) == ((2, 10, 5), 15)  # client-go's defaults
+    short = settings_from_env({"MODELDEPLOY_OPERATOR_LEASE_DURATION_SECONDS": "6"})  # the others follow
+    assert short.retry_period_seconds < short.renew_deadline_seconds == 4 < short.lease_duration_seconds
+    assert short.api_timeout_seconds == 2
+    with pytest.raises(SettingsError, match="RENEW_DEADLINE_SECONDS"):
+        settings_from_env({"MODELDEPLOY_OPERATOR_RENEW_DEADLINE_SECONDS": "15"})
+    with pytest.raises(SettingsError, match="API_TIMEOUT_SECONDS"):
+        settings_from_env({"MODELDEPLOY_OPERATOR_API_TIMEOUT_SECONDS": "30"})
 
 
 def test_settings_come_from_the_environment_and_bad_values_say_which() -> None:
@@ -115,32 +191,20 @@ def test_job_summary_outcomes() -> None:
     assert observed.summarize_job({"metadata": {"name": "j"}}).outcome == "Active"
 
 
-class _LeaseHeldBy:
-    """A fake API holding one Lease whose holder a test sets."""
-
-    def __init__(self, holder: str) -> None:
-        self.holder = holder
-
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, object]:
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        spec = {"holderIdentity": self.holder, "renewTime": now, "leaseDurationSeconds": 60}
-        return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"}, "spec": spec}
-
-    def replace(self, manifest: dict[str, object]) -> dict[str, object]:
-        return manifest
-
-
 def test_a_leader_whose_lease_another_takes_stops_at_the_next_renewal() -> None:
-    kube = _LeaseHeldBy("me")
-    elector = LeaderElector(kube, "ns", "lease", "me", duration=3)  # type: ignore[arg-type]
+    kube = _Leases({"holderIdentity": "me", "renewTime": _stamp(0), "leaseDurationSeconds": 3})
+    elector = LeaderElector(kube, "ns", "lease", "me", duration=3, renew_deadline=2, retry_period=0.5)  # type: ignore[arg-type]
     assert elector.try_acquire()
     lost = threading.Event()
     elector.keep_renewing(lost.set)
-    kube.holder = "intruder"
+    kube.spec = {"holderIdentity": "intruder", "renewTime": _stamp(0), "leaseDurationSeconds": 60}
     started = time.monotonic()
     assert lost.wait(timeout=5)
-    assert time.monotonic() - started < 2.5  # the next renewal (every second), not after 2/3 of the duration
+    assert time.monotonic() - started < 1.5  # the next renewal, not after the renew deadline
+    assert not elector.may_write()
+    writes = kube.writes
     elector.release()
+    assert kube.writes == writes  # a lost leader releases nothing
 
 
 def test_the_client_counts_its_requests_by_method_and_resource() -> None:

@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,6 +35,29 @@ def find_existing(model_dir: Path, version: str) -> dict[str, Any] | None:
             "this program: remove it, then retry"
         )
     return None
+
+
+# A trainer killed mid-write (OOM, eviction, deadline) leaves its `.tmp-` directory; a live one touches its own
+# far more often than this (every epoch, every file it writes).
+STALE_TMP_SECONDS = 6 * 3600
+
+
+def remove_stale_temporaries(model_dir: Path, max_age: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Remove `.tmp-` directories of killed trainers (nothing changed in them for `max_age`); return them."""
+    removed: list[Path] = []
+    if not model_dir.is_dir():
+        return removed
+    now = time.time()
+    for tmp in model_dir.glob(f"{contracts.TMP_PREFIX}*"):
+        try:
+            newest = max(p.stat().st_mtime for p in (tmp, *tmp.rglob("*")))
+        except OSError:
+            continue  # removed meanwhile by its own writer
+        if now - newest > max_age:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("removed %s, left by a trainer that did not finish", tmp)
+            removed.append(tmp)
+    return removed
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -102,6 +102,7 @@ def run_job(manifest: dict[str, Any], options: Options) -> dict[str, Any]:
     model_dir = options.output / name
     log.info("model %s version %s (spec %s, data %s)", name, version, digest[:12], fingerprint[:24])
 
+    artifact.remove_stale_temporaries(model_dir)
     existing = artifact.find_existing(model_dir, version)
     if existing is not None:
         log.info("version %s is already complete: reusing it, nothing is trained", version)
