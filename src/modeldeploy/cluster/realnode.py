@@ -380,6 +380,12 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     def prepare_host(self) -> None:
         """The bridge with the node's address (the kubelet binds it before any pod exists) and the cgroup root."""
         _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        # Pin the bridge's MAC address: else the kernel gives the bridge the lowest MAC of its ports, which changes
+        # as pods come and go, and a pod that cached a deleted veth's MAC as its gateway's cannot answer the host
+        # until its ARP entry expires. CNI's bridge plugin pins it too, but only when it adds the gateway address
+        # itself; this address is added first, so that the kubelet can bind it before any pod exists.
+        mac = Path(f"/sys/class/net/{BRIDGE}/address").read_text(encoding="utf-8").strip()
+        _run("ip", "link", "set", BRIDGE, "address", mac)
         _run("ip", "addr", "add", f"{NODE_IP}/{ipaddress.ip_network(POD_CIDR).prefixlen}", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
         for controller, mount in cgroup_controllers().items():
