@@ -68,6 +68,15 @@ def _run(*args: str, check: bool = True, input_bytes: bytes | None = None) -> su
     return result
 
 
+def log_verbosity() -> int:
+    """The kubelet's and kube-proxy's klog level: 1, or MODELDEPLOY_REALNODE_VERBOSITY (0-10) when set at `up`.
+    2 shows each of kube-proxy's rule syncs; 4 the latency of each endpoint's programming and the kubelet's probes."""
+    value = os.environ.get("MODELDEPLOY_REALNODE_VERBOSITY", "").strip() or "1"
+    if not value.isdigit() or int(value) > 10:
+        raise RealNodeUnavailable(f"MODELDEPLOY_REALNODE_VERBOSITY={value!r}: give a klog level from 0 to 10")
+    return int(value)
+
+
 def cni_bin_dir() -> str | None:
     return next((d for d in CNI_BIN_DIRS if Path(d, "bridge").is_file() and Path(d, "host-local").is_file()), None)
 
@@ -184,6 +193,7 @@ class RealNode:
     # ---- preparing --------------------------------------------------------------------------------------------
 
     def check_host(self) -> None:
+        log_verbosity()  # a bad MODELDEPLOY_REALNODE_VERBOSITY is refused before anything starts
         problems = missing_prerequisites(self.bin_dir)
         if problems:
             raise RealNodeUnavailable("the real node cannot start: " + "; ".join(problems))
@@ -370,6 +380,12 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     def prepare_host(self) -> None:
         """The bridge with the node's address (the kubelet binds it before any pod exists) and the cgroup root."""
         _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        # Pin the bridge's MAC address: else the kernel gives the bridge the lowest MAC of its ports, which changes
+        # as pods come and go, and a pod that cached a deleted veth's MAC as its gateway's cannot answer the host
+        # until its ARP entry expires. CNI's bridge plugin pins it too, but only when it adds the gateway address
+        # itself; this address is added first, so that the kubelet can bind it before any pod exists.
+        mac = Path(f"/sys/class/net/{BRIDGE}/address").read_text(encoding="utf-8").strip()
+        _run("ip", "link", "set", BRIDGE, "address", mac)
         _run("ip", "addr", "add", f"{NODE_IP}/{ipaddress.ip_network(POD_CIDR).prefixlen}", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
         for controller, mount in cgroup_controllers().items():
@@ -390,7 +406,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             f"--hostname-override={NODE_NAME}",
             f"--node-ip={NODE_IP}",
             f"--node-labels=type=real,{NODE_LABEL_KEY}={NODE_LABEL_VALUE}",
-            "--v=1",
+            f"--v={log_verbosity()}",
         ]
 
     def kube_proxy_args(self, ports: dict[str, int]) -> list[str]:
@@ -407,7 +423,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             "--conntrack-max-per-core=0",
             "--conntrack-tcp-timeout-established=0",
             "--conntrack-tcp-timeout-close-wait=0",
-            "--v=1",
+            f"--v={log_verbosity()}",
         ]
 
     def ctr(self, *args: str, input_bytes: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
