@@ -4,7 +4,10 @@ artifact lands on a host-path volume, onnxruntime pods serve it, and predictions
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -247,3 +250,30 @@ def test_training_on_bad_data_fails_with_the_trainers_message(models: Models, re
     trained = next(c for c in status["conditions"] if c["type"] == "Trained")
     assert trained["reason"] == "InvalidData"
     assert "column 'label' not found" in trained["message"]
+
+
+def test_a_tflite_version_is_pulled_out_of_the_cluster_verified_and_classifies(
+    models: Models, real_cluster: RealCluster, tmp_path: Path
+) -> None:
+    """formats [onnx, tflite] trained in the training image; `modeldeploy pull -n` copies the served version's
+    model.tflite out of a serving pod (kubectl exec), checked against the card and the status."""
+    from modeldeploy_training import tflite  # noqa: PLC0415 (the LiteRT interpreter: the training extra)
+
+    spec = json.loads(json.dumps(DIGITS))
+    spec["compression"]["formats"] = ["onnx", "tflite"]
+    spec["serving"]["replicas"] = 1
+    models.apply("edge", spec)
+    status = models.wait_phase("edge", "Ready", READY_TIMEOUT)
+    recorded = status["compression"]["tflite"]
+    out = tmp_path / "edge.tflite"
+    pulled = subprocess.run(
+        [sys.executable, "-m", "modeldeploy.cli", "pull", "edge", "--format", "tflite", "-n", models.namespace,
+         "--kubeconfig", str(real_cluster.kubeconfig), "--kubectl", real_cluster.kubectl_path, "-o", str(out)],
+        capture_output=True, text=True, env=real_cluster.env, timeout=120, check=False,
+    )  # fmt: skip
+    assert pulled.returncode == 0, pulled.stderr
+    model = out.read_bytes()
+    assert hashlib.sha256(model).hexdigest() == recorded["sha256"] and len(model) == recorded["sizeBytes"]
+    x, y = held_out_digits(120)
+    accuracy = float(np.mean(tflite.predict(model, x.astype(np.float32)).argmax(1) == y))
+    assert accuracy > 0.85, f"the pulled model.tflite classifies {accuracy:.3f} of 120 held-out digits"
