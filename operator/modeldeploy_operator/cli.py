@@ -23,7 +23,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lease-namespace",
         default=os.environ.get("POD_NAMESPACE", ""),
-        help="namespace of the leader-election Lease (default: the first watched namespace, else 'default')",
+        help="namespace of the leader-election Lease (default: $POD_NAMESPACE, else "
+        "MODELDEPLOY_OPERATOR_LEASE_NAMESPACE, else the first watched namespace, else 'default')",
     )
     parser.add_argument(
         "--no-leader-election",
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     namespaces: list[str] = list(args.namespace)
     options = Options(
         namespaces=namespaces,
-        lease_namespace=args.lease_namespace or (namespaces[0] if namespaces else "default"),
+        lease_namespace=args.lease_namespace,
         leader_election=not args.no_leader_election,
         liveness=args.liveness,
     )

@@ -226,9 +226,10 @@ def run_locally(options: RunOptions, out: TextIO = sys.stdout) -> int:
     if isinstance(tflite, dict):
         progress.step(f"tflite: {tflite_summary(tflite, version_dir)}")
 
-    from modeldeploy_serving.errors import SettingsError  # noqa: PLC0415
     from modeldeploy_serving.server import configure_logging  # noqa: PLC0415
     from modeldeploy_serving.settings import Settings  # noqa: PLC0415
+
+    from modeldeploy.envsettings import SettingsError  # noqa: PLC0415
 
     serving = manifest["spec"].get("serving") or {}
     batching = serving.get("batching") or {}
