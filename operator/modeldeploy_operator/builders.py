@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import hashlib
+import uuid
 from typing import Any, Final
 
 from modeldeploy import contracts, serving_settings
@@ -497,3 +499,36 @@ def build_hpa(md: dict[str, Any]) -> dict[str, Any] | None:
             },
         }
     )
+
+
+def build_event(
+    md: dict[str, Any],
+    event_type: str,
+    reason: str,
+    message: str,
+    *,
+    reporting_instance: str,
+    now: datetime.datetime,
+    unique: uuid.UUID,
+) -> dict[str, Any]:
+    """An events.k8s.io/v1 Event about `md` at `now`, named after it and `unique`."""
+    meta = md["metadata"]
+    return {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{unique.hex[:16]}", "namespace": meta["namespace"]},
+        "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "type": event_type,
+        "reason": reason,
+        "note": message[:1024],
+        "action": "Reconcile",
+        "reportingController": "modeldeploy.dev/operator",
+        "reportingInstance": reporting_instance,
+        "regarding": {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+    }
