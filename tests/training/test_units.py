@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from modeldeploy_training import compression, data
+from modeldeploy_training import compression, data, runner, tflite
 from modeldeploy_training.compression import Candidate
-from modeldeploy_training.errors import AccuracyBudgetExceeded, InvalidData
+from modeldeploy_training.errors import AccuracyBudgetExceeded, InvalidData, InvalidSpec
+from modeldeploy_training.settings import settings_from_env
+
+from modeldeploy import contracts
 
 pytestmark = pytest.mark.training
 
@@ -109,8 +115,6 @@ def test_auto_never_picks_a_variant_over_the_accuracy_budget(
 
 
 def test_a_candidates_card_entry_keeps_the_model_card_contracts_names() -> None:
-    from modeldeploy_training import tflite  # noqa: PLC0415
-
     onnx_entry = cand("dynamic-int8", 100, 0.01, 0.5).card()
     assert list(onnx_entry) == [
         "name",
@@ -135,3 +139,15 @@ def test_a_candidates_card_entry_keeps_the_model_card_contracts_names() -> None:
         "rejectedBecause",
     ]
     assert tflite_entry["conversionSeconds"] == 1.5
+
+
+def test_the_trainer_takes_its_spec_from_the_environment_when_no_file_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manifest = {"apiVersion": "modeldeploy.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "d"}}
+    monkeypatch.setenv(contracts.SPEC_ENV, json.dumps({**manifest, "spec": {"training": {"epochs": 1}}}))
+    read = runner.read_manifest(argparse.Namespace(spec=None), settings_from_env())
+    assert read["metadata"]["name"] == "d" and read["spec"]["training"]["epochs"] == 1
+    monkeypatch.setenv(contracts.SPEC_ENV, "")  # empty is unset, as for every setting
+    with pytest.raises(InvalidSpec, match=f"set {contracts.SPEC_ENV}"):
+        runner.read_manifest(argparse.Namespace(spec=None), settings_from_env())
