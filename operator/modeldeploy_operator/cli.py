@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     import faulthandler  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
+    from modeldeploy.envsettings import SettingsError  # noqa: PLC0415
     from modeldeploy_operator.process import Options, run_operator  # noqa: PLC0415 (imports kopf)
 
     logging.basicConfig(
@@ -62,4 +63,8 @@ def run(args: argparse.Namespace) -> int:
         leader_election=not args.no_leader_election,
         liveness=args.liveness,
     )
-    return asyncio.run(run_operator(options))
+    try:
+        return asyncio.run(run_operator(options))
+    except SettingsError as err:  # a bad MODELDEPLOY_OPERATOR_* value: its name and what it must be, no traceback
+        logging.getLogger("modeldeploy_operator").error("cannot start: %s", err)
+        return 2

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,19 @@ def test_the_servers_settings_are_exactly_the_serving_contracts_table(env: pytes
             env.setenv(ServingSettings.env_name(name), literal[1])
             assert getattr(serving(), name) == info.default, name
             env.delenv(ServingSettings.env_name(name))
+
+
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [(["operator", "--no-leader-election"], "MODELDEPLOY_OPERATOR_WORKERS"), (["serve"], "MODELDEPLOY_HTTP_PORT")],
+)
+def test_a_program_with_a_bad_value_stops_at_once_naming_it(
+    env: pytest.MonkeyPatch, command: list[str], variable: str
+) -> None:
+    env.setenv(variable, "many")
+    done = subprocess.run(
+        [sys.executable, "-m", "modeldeploy.cli", *command], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert f"{variable}='many' is not valid" in done.stderr
+    assert "Traceback" not in done.stderr
