@@ -9,7 +9,8 @@
   value and what it must be.
 - Settings are frozen, and read when a program starts (`load_settings`), never at import.
 
-Only the programs import this module (pydantic-settings is in their extras, not in the CLI's core).
+Only the programs and the commands that run them import this module (pydantic-settings is in the programs' extras,
+not among the CLI's own dependencies).
 """
 
 from __future__ import annotations
