@@ -37,10 +37,11 @@ cluster-down: venv ## stop the local control plane CLUSTER and remove its state
 cluster-status: venv ## show the local control plane's processes
 	@$(BIN)/modeldeploy cluster status --name $(CLUSTER)
 
-lint: venv ## ruff, mypy strict, and actionlint on .github/workflows (built once from its Go module)
+lint: venv ## ruff, mypy strict, the layers' import contracts (pyproject's [tool.importlinter]), and actionlint on .github/workflows (built once from its Go module)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	hack/actionlint.sh
 
 # The demo builds the control plane's binaries itself: in the background while the local pipeline runs (a first
@@ -56,6 +57,7 @@ docs: venv ## regenerate docs/api-reference.md from the CRD's schema
 test: venv cluster-binaries flux-binaries ## everything: lint, unit tests, and the integration tests on a local control plane
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest
 
 test-unit: venv ## only the tests that need no cluster

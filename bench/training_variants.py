@@ -84,7 +84,13 @@ def main() -> int:
             rows.append((f"onnxruntime {name}", path.stat().st_size, acc, b1, b32))
             candidates.append(
                 compression.Candidate(
-                    name, path.stat().st_size, acc, keras_acc - acc, b1, b32, b32 / latency["fp32"][1]
+                    name=name,
+                    size_bytes=path.stat().st_size,
+                    accuracy=acc,
+                    accuracy_drop=keras_acc - acc,
+                    latency_p50_us_batch1=b1,
+                    latency_p50_us_batch32=b32,
+                    latency_ratio=b32 / latency["fp32"][1],
                 )
             )
         chosen, reason = compression.choose(candidates, "auto", args.budget, args.ratio)
@@ -96,7 +102,7 @@ def main() -> int:
     speedup = rows[1][3] / latency["fp32"][0]
     print(f"auto (maxAccuracyDrop {args.budget}, maxLatencyRatio {args.ratio}): {chosen.name}: {reason}")
     print(f"onnxruntime fp32 vs tf.function at batch 1: {speedup:.1f}x faster (goal >= 20x)")
-    ok = speedup >= 20 and (chosen.accuracyDrop or 0.0) <= args.budget + 1e-9
+    ok = speedup >= 20 and (chosen.accuracy_drop or 0.0) <= args.budget + 1e-9
     print(f"goals {'met' if ok else 'NOT met'}; command: {COMMAND} --epochs {args.epochs} --budget {args.budget}")
     return 0 if ok else 1
 

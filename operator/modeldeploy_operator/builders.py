@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import hashlib
+import uuid
 from typing import Any, Final
 
-from modeldeploy import contracts
+from modeldeploy import contracts, serving_settings
 from modeldeploy.spec import API_VERSION, KIND
 from modeldeploy_operator import naming
 from modeldeploy_operator.settings import Settings
@@ -277,24 +279,20 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
     spec = md["spec"]
     model = md["metadata"]["name"]
     serving = spec.get("serving") or {}
-    batching = serving.get("batching") or {}
     strategy = serving.get("strategy") or {}
     port = int(serving.get("port", 8080))
     grpc_port = int(serving.get("grpcPort", 8081))
     version = str(served["version"])
     drain = int(serving.get("drainSeconds", DEFAULT_DRAIN_SECONDS))
-    env = {
-        "MODELDEPLOY_MODEL_DIR": f"{contracts.ARTIFACT_MOUNT}/{served['path']}",
-        "MODELDEPLOY_MODEL_NAME": model,
-        "MODELDEPLOY_MODEL_VERSION": version,
-        "MODELDEPLOY_HTTP_PORT": str(port),
-        "MODELDEPLOY_GRPC_PORT": str(grpc_port),
-        "MODELDEPLOY_INTRA_OP_THREADS": str(serving.get("threads", 1)),
-        "MODELDEPLOY_BATCHING": "true" if batching.get("enabled", True) else "false",
-        "MODELDEPLOY_MAX_BATCH_SIZE": str(batching.get("maxBatchSize", 32)),
-        "MODELDEPLOY_MAX_QUEUE_DELAY_US": str(batching.get("maxQueueDelayMicroseconds", 2000)),
-        "MODELDEPLOY_SHUTDOWN_GRACE_SECONDS": str(SHUTDOWN_GRACE_SECONDS),
-    }
+    env = serving_settings.environment(
+        {
+            "model_dir": f"{contracts.ARTIFACT_MOUNT}/{served['path']}",
+            "model_name": model,
+            "model_version": version,
+            **serving_settings.from_spec(serving),
+            "shutdown_grace_seconds": SHUTDOWN_GRACE_SECONDS,
+        }
+    )
     secret_volumes, secret_mounts, secret_env = _serving_secrets(serving)
     env.update(secret_env)
     # Only with TLS: without it the probes stay as they were, so an operator upgrade rolls no serving pod.
@@ -501,3 +499,36 @@ def build_hpa(md: dict[str, Any]) -> dict[str, Any] | None:
             },
         }
     )
+
+
+def build_event(
+    md: dict[str, Any],
+    event_type: str,
+    reason: str,
+    message: str,
+    *,
+    reporting_instance: str,
+    now: datetime.datetime,
+    unique: uuid.UUID,
+) -> dict[str, Any]:
+    """An events.k8s.io/v1 Event about `md` at `now`, named after it and `unique`."""
+    meta = md["metadata"]
+    return {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{unique.hex[:16]}", "namespace": meta["namespace"]},
+        "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "type": event_type,
+        "reason": reason,
+        "note": message[:1024],
+        "action": "Reconcile",
+        "reportingController": "modeldeploy.dev/operator",
+        "reportingInstance": reporting_instance,
+        "regarding": {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+    }

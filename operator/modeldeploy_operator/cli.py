@@ -23,7 +23,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lease-namespace",
         default=os.environ.get("POD_NAMESPACE", ""),
-        help="namespace of the leader-election Lease (default: the first watched namespace, else 'default')",
+        help="namespace of the leader-election Lease (default: $POD_NAMESPACE, else "
+        "MODELDEPLOY_OPERATOR_LEASE_NAMESPACE, else the first watched namespace, else 'default')",
     )
     parser.add_argument(
         "--no-leader-election",
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     import faulthandler  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
+    from modeldeploy.envsettings import SettingsError  # noqa: PLC0415
     from modeldeploy_operator.process import Options, run_operator  # noqa: PLC0415 (imports kopf)
 
     logging.basicConfig(
@@ -57,8 +59,12 @@ def run(args: argparse.Namespace) -> int:
     namespaces: list[str] = list(args.namespace)
     options = Options(
         namespaces=namespaces,
-        lease_namespace=args.lease_namespace or (namespaces[0] if namespaces else "default"),
+        lease_namespace=args.lease_namespace,
         leader_election=not args.no_leader_election,
         liveness=args.liveness,
     )
-    return asyncio.run(run_operator(options))
+    try:
+        return asyncio.run(run_operator(options))
+    except SettingsError as err:  # a bad MODELDEPLOY_OPERATOR_* value: its name and what it must be, no traceback
+        logging.getLogger("modeldeploy_operator").error("cannot start: %s", err)
+        return 2

@@ -131,7 +131,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> No
     settings.watching.client_timeout = 330
     settings.batching.batch_window = 0.05
     kube = memo.get("kube") or connect(
-        config.field_manager, max(config.api_qps_burst, config.workers + 2), config.api_timeout_seconds
+        config.field_manager, max(config.api_connections, config.workers + 2), config.api_timeout_seconds
     )
     memo.kube = kube
     indices = {

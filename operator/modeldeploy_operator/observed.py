@@ -6,7 +6,7 @@ The watches keep these small summaries in memory, so a reconcile reads no object
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from modeldeploy_operator import naming
@@ -127,7 +127,6 @@ class Observed:
     hpa: ChildState | None = None
     claim: ChildState | None = None
     network_policy: ChildState | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def job(self, name: str) -> JobState | None:
         return next((job for job in self.jobs if job.name == name), None)

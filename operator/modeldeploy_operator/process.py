@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Options:
     namespaces: list[str] = field(default_factory=list)
-    lease_namespace: str = "default"
+    lease_namespace: str = ""
+    """Empty: the settings' lease_namespace, else the first watched namespace, else `default`."""
     leader_election: bool = True
     liveness: str | None = None
 
@@ -39,7 +40,7 @@ async def run_operator(options: Options) -> int:
     from modeldeploy_operator import handlers  # noqa: PLC0415,F401 (registers the handlers with kopf)
 
     config = settings_from_env()
-    kube = connect(config.field_manager, max(config.api_qps_burst, config.workers + 2), config.api_timeout_seconds)
+    kube = connect(config.field_manager, max(config.api_connections, config.workers + 2), config.api_timeout_seconds)
     if not is_supported_server(kube):  # older than the minimum Kubernetes: refused with the reason logged
         kube.close()
         return 2
@@ -50,7 +51,9 @@ async def run_operator(options: Options) -> int:
         lease_kube = connect(config.field_manager, 2, config.api_timeout_seconds)
         elector = LeaderElector(
             lease_kube,
-            options.lease_namespace,
+            options.lease_namespace
+            or config.lease_namespace
+            or (options.namespaces[0] if options.namespaces else "default"),
             config.lease_name,
             identity,
             duration=config.lease_duration_seconds,

@@ -22,7 +22,6 @@ class Outcome:
 
     events: list[deciding.Event] = field(default_factory=list)
     writes: list[str] = field(default_factory=list)
-    phase: str = ""
     gone: bool = False
     written_status: tuple[int, dict[str, Any]] | None = None
     """(resourceVersion, status) of the status write, so the next reconcile does not act on a lagging watch."""
@@ -131,7 +130,6 @@ def reconcile(kube: Kube, md: dict[str, Any], observed: Observed, settings: Sett
         deciding.finish(md, plan, now, blocker)
     outcome.events = plan.events
     outcome.requeue_after = plan.requeue_after
-    outcome.phase = plan.status.get("phase", "")
     outcome.blocker = blocker
     patch = deciding.status_patch(md.get("status") or {}, plan.status)
     if patch is not None:

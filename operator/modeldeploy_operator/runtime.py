@@ -11,14 +11,13 @@ import datetime
 import logging
 import random
 import threading
-import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modeldeploy.spec import API_VERSION, KIND
 from modeldeploy_operator import decide
+from modeldeploy_operator.builders import build_event
 from modeldeploy_operator.observed import ChildState, DeploymentState, JobState, Observed, PodState
 from modeldeploy_operator.reconcile import reconcile
 from modeldeploy_operator.settings import Settings
@@ -51,7 +50,6 @@ class Runtime:
     loop: asyncio.AbstractEventLoop
     indices: dict[str, Mapping[Any, Any]]
     queue: WorkQueue[Key] = field(init=False)
-    on_fatal: Callable[[], None] = lambda: None
     reconciles: int = 0
     _written: dict[Key, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     _failures: dict[Key, int] = field(default_factory=dict)
@@ -198,39 +196,19 @@ class Runtime:
         return outcome.blocker is None
 
     def post_event(self, md: dict[str, Any], event: decide.Event) -> None:
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        meta = md["metadata"]
-        body = {
-            "apiVersion": "events.k8s.io/v1",
-            "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
-            "eventTime": now,
-            "type": event.type,
-            "reason": event.reason,
-            "note": event.message[:1024],
-            "action": "Reconcile",
-            "reportingController": "modeldeploy.dev/operator",
-            "reportingInstance": self.kube.field_manager,
-            "regarding": {
-                "apiVersion": API_VERSION,
-                "kind": KIND,
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid"),
-            },
-        }
+        now = datetime.datetime.now(datetime.UTC)
+        body = build_event(
+            md,
+            event.type,
+            event.reason,
+            event.message,
+            reporting_instance=self.kube.field_manager,
+            now=now,
+            unique=uuid.uuid4(),
+        )
         try:
-            self.kube.request("POST", f"/apis/events.k8s.io/v1/namespaces/{meta['namespace']}/events", body=body)
+            self.kube.post_event(body)
         except StorageError as err:
             # An event is a courtesy; the status already says the same.
+            meta = md["metadata"]
             logger.warning("could not post event %s on %s/%s: %s", event.reason, meta["namespace"], meta["name"], err)
-
-
-def wait_idle(runtime: Runtime, timeout: float) -> bool:
-    """True once nothing is queued (for a clean stop in tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not len(runtime.queue):
-            return True
-        time.sleep(0.05)
-    return False

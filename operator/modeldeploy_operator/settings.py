@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from typing import Annotated
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from modeldeploy.envsettings import EnvSettings, SettingsError, load_settings
+
+__all__ = ["Settings", "SettingsError", "check_lease_timing", "settings_from_env"]
+
+ENV_PREFIX = "MODELDEPLOY_OPERATOR_"
 
 
-class SettingsError(ValueError):
-    """An environment variable holds a value the operator cannot use; the message names it."""
+class Settings(EnvSettings):
+    """Every field is read from `MODELDEPLOY_OPERATOR_<FIELD NAME IN UPPER CASE>` (modeldeploy.envsettings's rules).
 
+    Built directly (`Settings()`, as the unit tests do), it reads the environment too; `settings_from_env` also
+    derives the lease timing and checks it.
+    """
 
-@dataclass(frozen=True)
-class Settings:
-    """Every field is read from `MODELDEPLOY_OPERATOR_<FIELD NAME IN UPPER CASE>` when that variable is set."""
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
 
     training_image: str = "modeldeploy/training:0.1.0"
     """Image of the training Job's `train` container (runs `modeldeploy train --output /models`)."""
@@ -31,11 +39,14 @@ class Settings:
     field_manager: str = "modeldeploy-operator"
     """Field manager of every write (server-side apply of children, status patches)."""
 
-    workers: int = 8
+    workers: Annotated[int, Field(ge=1)] = 8
     """Threads that talk to the API server; reconciles of different ModelDeployments run on them in parallel."""
 
-    api_qps_burst: int = 16
-    """Connections kept open to the API server (urllib3 pool size); at least `workers`."""
+    api_connections: Annotated[
+        int, Field(ge=1, validation_alias=AliasChoices(f"{ENV_PREFIX}API_CONNECTIONS", f"{ENV_PREFIX}API_QPS_BURST"))
+    ] = 16
+    """Connections kept open to the API server (urllib3's pool size; at least `workers` + 2 are kept). Also read
+    from `MODELDEPLOY_OPERATOR_API_QPS_BURST`, its name before it said what it is."""
 
     min_reconcile_interval_seconds: float = 0.5
     """A ModelDeployment is reconciled at most this often; the watch events in between are taken in one go (a
@@ -55,9 +66,10 @@ class Settings:
     """Name of the coordination.k8s.io Lease that elects the one active operator process."""
 
     lease_namespace: str = ""
-    """Namespace of the Lease; empty means the first watched namespace, or `default` when cluster-wide."""
+    """Namespace of the Lease when `--lease-namespace` and POD_NAMESPACE are empty; empty means the first watched
+    namespace, or `default` when cluster-wide."""
 
-    lease_duration_seconds: int = 15
+    lease_duration_seconds: Annotated[int, Field(ge=3)] = 15
     """A Lease whose record has not changed for this long (on the standby's own clock) may be taken over."""
 
     renew_deadline_seconds: float = 0.0
@@ -77,33 +89,10 @@ class Settings:
     """UID the operator's pods run as (the images' non-root user)."""
 
 
-def _convert(raw: str, kind: type, name: str) -> object:
-    try:
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-    except ValueError as err:
-        raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}; set a number or unset it") from err
-    return raw
-
-
-def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings with every `MODELDEPLOY_OPERATOR_*` variable of the environment applied over the defaults."""
-    env = os.environ if environ is None else environ
-    values: dict[str, object] = {}
-    types = {"str": str, "int": int, "float": float}
-    for field in fields(Settings):
-        name = f"MODELDEPLOY_OPERATOR_{field.name.upper()}"
-        if name in env:
-            kind = types[field.type] if isinstance(field.type, str) else field.type
-            values[field.name] = _convert(env[name], kind, name)
-    settings = Settings(**values)  # type: ignore[arg-type]
-    if settings.workers < 1:
-        raise SettingsError("MODELDEPLOY_OPERATOR_WORKERS must be at least 1")
-    if settings.lease_duration_seconds < 3:
-        raise SettingsError("MODELDEPLOY_OPERATOR_LEASE_DURATION_SECONDS must be at least 3")
-    settings = _derive_lease_timing(settings)
+def settings_from_env() -> Settings:
+    """Settings with every `MODELDEPLOY_OPERATOR_*` variable of the environment applied over the defaults, the
+    lease timing derived from the lease duration where it is 0, and checked."""
+    settings = _derive_lease_timing(load_settings(Settings))
     check_lease_timing(settings)
     return settings
 
@@ -111,11 +100,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
 def _derive_lease_timing(settings: Settings) -> Settings:
     duration = float(settings.lease_duration_seconds)
     deadline = settings.renew_deadline_seconds or duration * 2 / 3
-    return replace(
-        settings,
-        renew_deadline_seconds=deadline,
-        retry_period_seconds=settings.retry_period_seconds or duration * 2 / 15,
-        api_timeout_seconds=settings.api_timeout_seconds or min(5.0, duration - deadline),
+    return settings.model_copy(
+        update={
+            "renew_deadline_seconds": deadline,
+            "retry_period_seconds": settings.retry_period_seconds or duration * 2 / 15,
+            "api_timeout_seconds": settings.api_timeout_seconds or min(5.0, duration - deadline),
+        }
     )
 
 

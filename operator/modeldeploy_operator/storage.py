@@ -26,6 +26,7 @@ PATHS: Final[dict[str, tuple[str, str]]] = {
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
+    "Event": ("/apis/events.k8s.io/v1", "events"),
     "ModelDeployment": (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
 
@@ -182,6 +183,10 @@ class Kube:
         except ConflictError:
             return False
         return True
+
+    def post_event(self, event: dict[str, Any]) -> None:
+        """Create an events.k8s.io/v1 Event (builders.build_event: its name is unique, so it never conflicts)."""
+        self.request("POST", self.path("Event", event["metadata"]["namespace"]), body=event)
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply with the operator's field manager, taking over fields others changed (drift)."""

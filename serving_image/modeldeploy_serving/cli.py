@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     # The server (onnxruntime, uvicorn, grpc) is imported only when the command runs: `modeldeploy --help` stays light.
     import logging  # noqa: PLC0415
 
-    from modeldeploy_serving.errors import SettingsError  # noqa: PLC0415
+    from modeldeploy.envsettings import SettingsError  # noqa: PLC0415
     from modeldeploy_serving.server import serve  # noqa: PLC0415
     from modeldeploy_serving.settings import Settings  # noqa: PLC0415
 

@@ -59,16 +59,6 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
         raise InvalidInput(f"unknown datatype {datatype!r}; one of {', '.join(DATATYPE_TO_NUMPY)}") from None
 
 
-def datatype_of(array: Array) -> str:
-    """The protocol's datatype name for an array onnxruntime returned."""
-    if array.dtype.kind in "OSU":
-        return "BYTES"
-    for name, dtype in DATATYPE_TO_NUMPY.items():
-        if dtype == array.dtype:
-            return name
-    raise TypeError(f"no Open Inference Protocol datatype for numpy dtype {array.dtype}")
-
-
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
     """A request's shape as a tuple of non-negative ints, or InvalidInput saying what is wrong with it."""
     if not isinstance(shape, (list, tuple)) or len(shape) > _MAX_RANK:

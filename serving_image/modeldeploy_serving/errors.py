@@ -70,7 +70,3 @@ class InferenceFailed(ServingError):
 
 class ModelLoadError(Exception):
     """The model directory cannot be served (missing, unreadable or corrupt); the message says which file and why."""
-
-
-class SettingsError(ValueError):
-    """A setting from the environment or the command line has a value that cannot be used; the message names it."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-import numpy as np
 import numpy.typing as npt
 
 Parameters: TypeAlias = dict[str, Any]
@@ -75,7 +74,3 @@ class InferResponse:
     outputs: list[InferOutput]
     id: str | None = None
     parameters: Parameters = field(default_factory=dict)
-
-
-def empty_array() -> Array:
-    return np.zeros((0,), dtype=np.float32)

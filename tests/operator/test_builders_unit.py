@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import uuid
 from typing import Any
 
 from md_factories import make_md
@@ -243,3 +245,23 @@ def test_no_pod_of_a_model_mounts_a_service_account_token() -> None:
         builders.build_deployment(md, {"version": "v1", "path": "digits/v1"}, SETTINGS)["spec"]["template"]["spec"],
     ]
     assert [pod["automountServiceAccountToken"] for pod in pods] == [False, False, False]
+
+
+def test_an_event_is_about_the_model_deployment_with_a_bounded_note() -> None:
+    md = make_md()
+    now = datetime.datetime(2026, 12, 2, 8, 30, 1, 250000, tzinfo=datetime.UTC)
+    unique = uuid.UUID("0123456789abcdef0123456789abcdef")
+    event = builders.build_event(
+        md, "Warning", "TrainingFailed", "x" * 2000, reporting_instance="op-1", now=now, unique=unique
+    )
+    assert event["metadata"] == {"name": "digits.0123456789abcdef", "namespace": "ns"}
+    assert event["eventTime"] == "2026-12-02T08:30:01.250000Z"  # events.k8s.io/v1 wants microseconds
+    assert (event["type"], event["reason"], len(event["note"])) == ("Warning", "TrainingFailed", 1024)
+    assert event["regarding"] == {
+        "apiVersion": "modeldeploy.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": "digits",
+        "namespace": "ns",
+        "uid": "uid-1",
+    }
+    assert (event["reportingController"], event["reportingInstance"]) == ("modeldeploy.dev/operator", "op-1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import threading
 import time
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from modeldeploy_operator import observed
 from modeldeploy_operator.leader import LeaderElector
-from modeldeploy_operator.settings import SettingsError, settings_from_env
+from modeldeploy_operator.settings import Settings, SettingsError, settings_from_env
 from modeldeploy_operator.storage import Kube, NotFoundError
 from modeldeploy_operator.workqueue import WorkQueue
 
@@ -124,25 +125,35 @@ def test_the_fence_closes_at_the_renew_deadline_of_the_last_successful_renewal()
     assert elector.try_acquire() and elector.may_write()  # a late renewal that succeeds opens it again
 
 
-def test_settings_enforce_client_gos_lease_timing() -> None:
-    settings = settings_from_env({})
+def _from_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
+    """settings_from_env with exactly `env` as the operator's variables."""
+    for name in [name for name in os.environ if name.upper().startswith("MODELDEPLOY_OPERATOR_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return settings_from_env()
+
+
+def test_settings_enforce_client_gos_lease_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _from_env(monkeypatch, {})
     timing = (settings.retry_period_seconds, settings.renew_deadline_seconds, settings.api_timeout_seconds)
     assert (timing, settings.lease_duration_seconds) == ((2, 10, 5), 15)  # client-go's defaults
-    short = settings_from_env({"MODELDEPLOY_OPERATOR_LEASE_DURATION_SECONDS": "6"})  # the others follow
+    short = _from_env(monkeypatch, {"MODELDEPLOY_OPERATOR_LEASE_DURATION_SECONDS": "6"})  # the others follow
     assert short.retry_period_seconds < short.renew_deadline_seconds == 4 < short.lease_duration_seconds
     assert short.api_timeout_seconds == 2
     with pytest.raises(SettingsError, match="RENEW_DEADLINE_SECONDS"):
-        settings_from_env({"MODELDEPLOY_OPERATOR_RENEW_DEADLINE_SECONDS": "15"})
+        _from_env(monkeypatch, {"MODELDEPLOY_OPERATOR_RENEW_DEADLINE_SECONDS": "15"})
     with pytest.raises(SettingsError, match="API_TIMEOUT_SECONDS"):
-        settings_from_env({"MODELDEPLOY_OPERATOR_API_TIMEOUT_SECONDS": "30"})
+        _from_env(monkeypatch, {"MODELDEPLOY_OPERATOR_API_TIMEOUT_SECONDS": "30"})
 
 
-def test_settings_come_from_the_environment_and_bad_values_say_which() -> None:
-    settings = settings_from_env({"MODELDEPLOY_OPERATOR_TRAINING_IMAGE": "r/t:2", "MODELDEPLOY_OPERATOR_WORKERS": "3"})
+def test_settings_come_from_the_environment_and_bad_values_say_which(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"MODELDEPLOY_OPERATOR_TRAINING_IMAGE": "r/t:2", "MODELDEPLOY_OPERATOR_WORKERS": "3"}
+    settings = _from_env(monkeypatch, env)
     assert settings.training_image == "r/t:2" and settings.workers == 3
     assert settings.serving_image == "modeldeploy/serving:0.1.0"
     with pytest.raises(SettingsError, match="MODELDEPLOY_OPERATOR_WORKERS"):
-        settings_from_env({"MODELDEPLOY_OPERATOR_WORKERS": "many"})
+        _from_env(monkeypatch, {"MODELDEPLOY_OPERATOR_WORKERS": "many"})
 
 
 def test_pod_summary_reads_the_train_container_termination_message_and_crash_loops() -> None:

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from modeldeploy_serving.dataplane import DataPlane
 from modeldeploy_serving.errors import ServingError
-from modeldeploy_serving.rest import decode_infer_request
+from modeldeploy_serving.rest_codec import decode_infer_request
 from modeldeploy_serving.settings import Settings
 from tritonclient.utils import InferenceServerException
 

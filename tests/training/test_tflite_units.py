@@ -16,7 +16,13 @@ pytestmark = pytest.mark.training
 def candidates(*drops: float | None) -> list[Candidate]:
     sizes = (50_000, 27_000, 16_000, 16_200)
     return [
-        Candidate(name, size, None if drop is None else 0.95 - drop, drop, 1.0)
+        Candidate(
+            name=name,
+            size_bytes=size,
+            accuracy=None if drop is None else 0.95 - drop,
+            accuracy_drop=drop,
+            conversion_seconds=1.0,
+        )
         for name, size, drop in zip(contracts.TFLITE_CANDIDATE_NAMES, sizes, drops, strict=True)
     ]
 
@@ -32,8 +38,8 @@ def test_a_variant_beyond_the_budget_is_rejected_and_says_why() -> None:
     chosen, _ = tflite.choose(pool, "auto", 0.01)
     assert chosen.name == "float16"
     by_name = {c.name: c for c in pool}
-    assert by_name["dynamic-int8"].rejectedBecause == "loses 0.0200 accuracy, more than maxAccuracyDrop 0.01"
-    assert by_name["full-int8"].rejectedBecause == "not measured"
+    assert by_name["dynamic-int8"].rejected_because == "loses 0.0200 accuracy, more than maxAccuracyDrop 0.01"
+    assert by_name["full-int8"].rejected_because == "not measured"
 
 
 def test_an_explicit_family_without_a_variant_in_budget_fails_the_format_only() -> None:

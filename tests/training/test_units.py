@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from modeldeploy_training import compression, data
+from modeldeploy_training import compression, data, runner, tflite
 from modeldeploy_training.compression import Candidate
-from modeldeploy_training.errors import AccuracyBudgetExceeded, InvalidData
+from modeldeploy_training.errors import AccuracyBudgetExceeded, InvalidData, InvalidSpec
+from modeldeploy_training.settings import settings_from_env
+
+from modeldeploy import contracts
 
 pytestmark = pytest.mark.training
 
@@ -51,7 +57,15 @@ def test_split_is_seeded_and_keeps_every_class_on_both_sides() -> None:
 
 
 def cand(name: str, size: int, drop: float, ratio: float) -> Candidate:
-    return Candidate(name, size, 0.9 - drop, drop, 10.0, 100.0 * ratio, ratio)
+    return Candidate(
+        name=name,
+        size_bytes=size,
+        accuracy=0.9 - drop,
+        accuracy_drop=drop,
+        latency_p50_us_batch1=10.0,
+        latency_p50_us_batch32=100.0 * ratio,
+        latency_ratio=ratio,
+    )
 
 
 def test_auto_takes_the_smallest_within_both_budgets() -> None:
@@ -65,8 +79,8 @@ def test_auto_takes_the_smallest_within_both_budgets() -> None:
     assert chosen.name == "fp16"
     assert "fp16" in reason
     by_name = {c.name: c for c in cands}
-    assert "maxLatencyRatio" in (by_name["dynamic-int8"].rejectedBecause or "")
-    assert "maxAccuracyDrop" in (by_name["dynamic-matmul"].rejectedBecause or "")
+    assert "maxLatencyRatio" in (by_name["dynamic-int8"].rejected_because or "")
+    assert "maxAccuracyDrop" in (by_name["dynamic-matmul"].rejected_because or "")
 
 
 def test_explicit_request_over_budget_fails_naming_the_candidates() -> None:
@@ -96,5 +110,44 @@ def test_auto_never_picks_a_variant_over_the_accuracy_budget(
     names = compression.FAMILIES["auto"][1:]
     cands = [cand("fp32", 10**7, 0.0, 1.0)] + [cand(n, s, d, r) for n, (s, d, r) in zip(names, rows, strict=False)]
     chosen, _ = compression.choose(cands, "auto", budget, 1.25)
-    assert chosen.accuracyDrop is not None and chosen.accuracyDrop <= budget + 1e-9
-    assert chosen.sizeBytes == min(c.sizeBytes for c in cands if c.accepted)
+    assert chosen.accuracy_drop is not None and chosen.accuracy_drop <= budget + 1e-9
+    assert chosen.size_bytes == min(c.size_bytes for c in cands if c.accepted)
+
+
+def test_a_candidates_card_entry_keeps_the_model_card_contracts_names() -> None:
+    onnx_entry = cand("dynamic-int8", 100, 0.01, 0.5).card()
+    assert list(onnx_entry) == [
+        "name",
+        "sizeBytes",
+        "accuracy",
+        "accuracyDrop",
+        "latencyP50UsBatch1",
+        "latencyP50UsBatch32",
+        "latencyRatio",
+        "accepted",
+        "rejectedBecause",
+    ]
+    assert (onnx_entry["sizeBytes"], onnx_entry["latencyRatio"]) == (100, 0.5)
+    tflite_entry = tflite.Candidate(name="float16", size_bytes=10, conversion_seconds=1.5).card()
+    assert list(tflite_entry) == [
+        "name",
+        "sizeBytes",
+        "accuracy",
+        "accuracyDrop",
+        "conversionSeconds",
+        "accepted",
+        "rejectedBecause",
+    ]
+    assert tflite_entry["conversionSeconds"] == 1.5
+
+
+def test_the_trainer_takes_its_spec_from_the_environment_when_no_file_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manifest = {"apiVersion": "modeldeploy.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "d"}}
+    monkeypatch.setenv(contracts.SPEC_ENV, json.dumps({**manifest, "spec": {"training": {"epochs": 1}}}))
+    read = runner.read_manifest(argparse.Namespace(spec=None), settings_from_env())
+    assert read["metadata"]["name"] == "d" and read["spec"]["training"]["epochs"] == 1
+    monkeypatch.setenv(contracts.SPEC_ENV, "")  # empty is unset, as for every setting
+    with pytest.raises(InvalidSpec, match=f"set {contracts.SPEC_ENV}"):
+        runner.read_manifest(argparse.Namespace(spec=None), settings_from_env())

@@ -56,15 +56,16 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_tensorflow()  # before TensorFlow is imported: its notices out, its warnings and errors kept
     from modeldeploy_training.runner import execute  # noqa: PLC0415  (TensorFlow and onnxruntime only now)
+    from modeldeploy_training.settings import settings_from_env  # noqa: PLC0415
 
-    report = execute(args)
-    _write_report(report, args.termination_log)
+    settings = settings_from_env()
+    report = execute(args, settings)
+    _write_report(report, args.termination_log or settings.termination_log)
     print(contracts.encode_report(report))
     return 0 if report.get("ok") else 1
 
 
-def _write_report(report: dict[str, Any], explicit: str | None) -> None:
-    path = explicit or os.environ.get(contracts.TERMINATION_LOG_ENV)
+def _write_report(report: dict[str, Any], path: str | None) -> None:
     if path is None and not os.access(contracts.DEFAULT_TERMINATION_LOG, os.W_OK):
         # Outside a pod there is no termination log; the printed line is the report.
         return

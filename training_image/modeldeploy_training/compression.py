@@ -42,32 +42,33 @@ LATENCY_TIME_BUDGET_S = 20.0
 _EPSILON = 1e-9
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Candidate:
-    """One compressed variant, as the model card records it."""
+    """One compressed variant, as the model card records it; what is not measured (yet) is None."""
 
     name: str
-    sizeBytes: int
-    accuracy: float | None
-    accuracyDrop: float | None
-    latencyP50UsBatch1: float | None
-    latencyP50UsBatch32: float | None
-    latencyRatio: float | None
+    size_bytes: int
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    latency_p50_us_batch1: float | None = None
+    latency_p50_us_batch32: float | None = None
+    latency_ratio: float | None = None
     accepted: bool = False
-    rejectedBecause: str | None = None
+    rejected_because: str | None = None
 
     def card(self) -> dict[str, Any]:
-        return asdict(self)
+        """The model card's entry (docs/contracts/model-artifact.md): the same fields, named in camelCase."""
+        return card_entry(self)
 
-    def summary(self) -> dict[str, Any]:
-        """The short form for the termination message (4 KB)."""
-        return {
-            "name": self.name,
-            "accuracy": self.accuracy,
-            "sizeBytes": self.sizeBytes,
-            "latencyRatio": self.latencyRatio,
-            "accepted": self.accepted,
-        }
+
+def card_entry(candidate: Any) -> dict[str, Any]:
+    """A candidate dataclass as the model card names its fields: `size_bytes` -> `sizeBytes`, in field order."""
+    return {_camel(name): value for name, value in asdict(candidate).items()}
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 def candidate_names(requested: str) -> tuple[str, ...]:
@@ -173,18 +174,20 @@ def _rows(x: npt.NDArray[np.float32], n: int) -> npt.NDArray[np.float32]:
 def judge(candidates: list[Candidate], max_drop: float, max_ratio: float) -> None:
     """Mark each candidate accepted or say why not (accuracy budget first: it is the promise to the user)."""
     for c in candidates:
-        if c.accuracyDrop is None or c.latencyRatio is None:
+        if c.accuracy_drop is None or c.latency_ratio is None:
             c.accepted = False
-            c.rejectedBecause = c.rejectedBecause or "not measured"
-        elif c.accuracyDrop > max_drop + _EPSILON:
+            c.rejected_because = c.rejected_because or "not measured"
+        elif c.accuracy_drop > max_drop + _EPSILON:
             c.accepted = False
-            c.rejectedBecause = f"loses {c.accuracyDrop:.4f} accuracy, more than maxAccuracyDrop {max_drop}"
-        elif c.latencyRatio > max_ratio:
+            c.rejected_because = f"loses {c.accuracy_drop:.4f} accuracy, more than maxAccuracyDrop {max_drop}"
+        elif c.latency_ratio > max_ratio:
             c.accepted = False
-            c.rejectedBecause = f"{c.latencyRatio:.2f}x fp32's batch-32 latency, more than maxLatencyRatio {max_ratio}"
+            c.rejected_because = (
+                f"{c.latency_ratio:.2f}x fp32's batch-32 latency, more than maxLatencyRatio {max_ratio}"
+            )
         else:
             c.accepted = True
-            c.rejectedBecause = None
+            c.rejected_because = None
 
 
 def choose(candidates: list[Candidate], requested: str, max_drop: float, max_ratio: float) -> tuple[Candidate, str]:
@@ -197,25 +200,25 @@ def choose(candidates: list[Candidate], requested: str, max_drop: float, max_rat
     judge(candidates, max_drop, max_ratio)
     family = FAMILIES[requested]
     pool = [c for c in candidates if c.name in family]
-    accepted = sorted((c for c in pool if c.accepted), key=lambda c: (c.sizeBytes, c.latencyP50UsBatch32 or 0.0))
+    accepted = sorted((c for c in pool if c.accepted), key=lambda c: (c.size_bytes, c.latency_p50_us_batch32 or 0.0))
     if accepted:
         best = accepted[0]
         if requested == "none":
             return best, "quantization none: the fp32 model is served as converted"
         return best, (
             f"{best.name} is the smallest {'candidate' if requested == 'auto' else requested + ' variant'} "
-            f"within maxAccuracyDrop {max_drop} (lost {best.accuracyDrop:.4f}) and maxLatencyRatio {max_ratio} "
-            f"({best.latencyRatio:.2f}x fp32)"
+            f"within maxAccuracyDrop {max_drop} (lost {best.accuracy_drop:.4f}) and maxLatencyRatio {max_ratio} "
+            f"({best.latency_ratio:.2f}x fp32)"
         )
-    within_budget = [c for c in pool if c.accuracyDrop is not None and c.accuracyDrop <= max_drop + _EPSILON]
+    within_budget = [c for c in pool if c.accuracy_drop is not None and c.accuracy_drop <= max_drop + _EPSILON]
     if requested in {"dynamic", "static", "fp16"} and within_budget:
-        best = min(within_budget, key=lambda c: c.latencyP50UsBatch32 or float("inf"))
+        best = min(within_budget, key=lambda c: c.latency_p50_us_batch32 or float("inf"))
         return best, (
-            f"{best.name} was requested and keeps accuracy (lost {best.accuracyDrop:.4f}) but is "
-            f"{best.latencyRatio:.2f}x fp32's latency, beyond maxLatencyRatio {max_ratio}; served because it was "
+            f"{best.name} was requested and keeps accuracy (lost {best.accuracy_drop:.4f}) but is "
+            f"{best.latency_ratio:.2f}x fp32's latency, beyond maxLatencyRatio {max_ratio}; served because it was "
             "asked for"
         )
-    details = "; ".join(f"{c.name}: {c.rejectedBecause}" for c in pool)
+    details = "; ".join(f"{c.name}: {c.rejected_because}" for c in pool)
     raise AccuracyBudgetExceeded(
         f"quantization {requested}: no candidate keeps accuracy within maxAccuracyDrop {max_drop} ({details}); "
         "raise spec.compression.maxAccuracyDrop or use quantization none or auto"

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -68,7 +68,6 @@ class Prepared:
     training: dict[str, Any] | None = None
     data_fingerprint: str | None = None
     metrics_note: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def run_job(manifest: dict[str, Any], options: Options) -> dict[str, Any]:
@@ -124,7 +123,6 @@ def run_job(manifest: dict[str, Any], options: Options) -> dict[str, Any]:
             dataFingerprint=prepared.data_fingerprint,
             createdAt=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             libraries=library_versions(),
-            **prepared.extra,
         )
         writer.commit(card)
     return success_report(card, name, version, reused=False, duration=time.monotonic() - started)
@@ -372,33 +370,36 @@ def compress_and_describe(
         except Exception as err:  # noqa: BLE001  (a quantizer failing on this graph rules out that candidate only)
             log.warning("candidate %s could not be built: %s", cname, err)
             candidates.append(
-                compression.Candidate(cname, 0, None, None, None, None, None, False, f"not built: {err}"[:200])
+                compression.Candidate(name=cname, size_bytes=0, rejected_because=f"not built: {err}"[:200])
             )
             continue
         paths[cname] = path
         candidates.append(
             compression.Candidate(
-                cname, path.stat().st_size, round(acc, 6), round(source_accuracy - acc, 6), None, None, None
+                name=cname,
+                size_bytes=path.stat().st_size,
+                accuracy=round(acc, 6),
+                accuracy_drop=round(source_accuracy - acc, 6),
             )
         )
     latency = compression.measure_latency(paths, prepared.x_eval)
     base32 = latency["fp32"][1]
     for c in candidates:
         if c.name in latency:
-            c.latencyP50UsBatch1 = round(latency[c.name][0], 2)
-            c.latencyP50UsBatch32 = round(latency[c.name][1], 2)
-            c.latencyRatio = round(latency[c.name][1] / base32, 3)
+            c.latency_p50_us_batch1 = round(latency[c.name][0], 2)
+            c.latency_p50_us_batch32 = round(latency[c.name][1], 2)
+            c.latency_ratio = round(latency[c.name][1] / base32, 3)
     chosen, reason = compression.choose(candidates, requested, max_drop, max_ratio)
     for c in candidates:
         log.info(
             "candidate %-14s %7d bytes accuracy %s p50 %s us (batch 1) %s us (batch 32) ratio %s %s",
             c.name,
-            c.sizeBytes,
+            c.size_bytes,
             c.accuracy,
-            c.latencyP50UsBatch1,
-            c.latencyP50UsBatch32,
-            c.latencyRatio,
-            "accepted" if c.accepted else f"rejected: {c.rejectedBecause}",
+            c.latency_p50_us_batch1,
+            c.latency_p50_us_batch32,
+            c.latency_ratio,
+            "accepted" if c.accepted else f"rejected: {c.rejected_because}",
         )
     log.info("chosen: %s (%s)", chosen.name, reason)
     shutil.copyfile(paths[chosen.name], writer.tmp / contracts.MODEL_FILE)

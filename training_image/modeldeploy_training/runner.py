@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import Any
 
 from modeldeploy import contracts, spec
 from modeldeploy_training.errors import InvalidSpec, TrainingFailure, is_storage_full, storage_failure
 from modeldeploy_training.job import Options, failure_report, run_job
+from modeldeploy_training.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def read_manifest(args: argparse.Namespace) -> dict[str, Any]:
+def read_manifest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     try:
         if args.spec is not None:
             return spec.load_manifest(args.spec)
-        text = os.environ.get(contracts.SPEC_ENV)
+        text = settings.spec
         if not text:
             raise InvalidSpec(f"no spec: pass --spec FILE or set {contracts.SPEC_ENV} to the ModelDeployment's JSON")
         return spec.load_manifest_json(text)
@@ -26,10 +26,10 @@ def read_manifest(args: argparse.Namespace) -> dict[str, Any]:
         raise InvalidSpec(str(err)) from err
 
 
-def execute(args: argparse.Namespace) -> dict[str, Any]:
+def execute(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """The report of one run; never raises for a failed run (the report says why)."""
     try:
-        manifest = read_manifest(args)
+        manifest = read_manifest(args, settings)
         return run_job(manifest, Options(args.output, args.data_root, args.user_output))
     except TrainingFailure as failure:
         log.error("%s: %s", failure.reason, failure.message)

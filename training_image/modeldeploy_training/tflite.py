@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modeldeploy import contracts
-from modeldeploy_training.compression import accuracy
+from modeldeploy_training.compression import accuracy, card_entry
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +59,21 @@ class TfliteFailed(Exception):
         self.reason = reason
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Candidate:
-    """One TFLite variant, as the model card records it."""
+    """One TFLite variant, as the model card records it; what is not measured is None."""
 
     name: str
-    sizeBytes: int
-    accuracy: float | None
-    accuracyDrop: float | None
-    conversionSeconds: float | None
+    size_bytes: int
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    conversion_seconds: float | None = None
     accepted: bool = False
-    rejectedBecause: str | None = None
+    rejected_because: str | None = None
 
     def card(self) -> dict[str, Any]:
-        return asdict(self)
+        """The model card's entry (docs/contracts/model-artifact.md): the same fields, named in camelCase."""
+        return card_entry(self)
 
 
 def convert(factory: ConverterFactory, name: str, calibration: npt.NDArray[np.float32]) -> bytes:
@@ -178,15 +179,15 @@ def tensor_descriptions(model: bytes) -> tuple[list[dict[str, Any]], list[dict[s
 
 def judge(candidates: list[Candidate], max_drop: float) -> None:
     for c in candidates:
-        if c.accuracyDrop is None:
+        if c.accuracy_drop is None:
             c.accepted = False
-            c.rejectedBecause = c.rejectedBecause or "not measured"
-        elif c.accuracyDrop > max_drop + _EPSILON:
+            c.rejected_because = c.rejected_because or "not measured"
+        elif c.accuracy_drop > max_drop + _EPSILON:
             c.accepted = False
-            c.rejectedBecause = f"loses {c.accuracyDrop:.4f} accuracy, more than maxAccuracyDrop {max_drop}"
+            c.rejected_because = f"loses {c.accuracy_drop:.4f} accuracy, more than maxAccuracyDrop {max_drop}"
         else:
             c.accepted = True
-            c.rejectedBecause = None
+            c.rejected_because = None
 
 
 def choose(candidates: list[Candidate], requested: str, max_drop: float) -> tuple[Candidate, str]:
@@ -196,9 +197,9 @@ def choose(candidates: list[Candidate], requested: str, max_drop: float) -> tupl
     """
     judge(candidates, max_drop)
     pool = [c for c in candidates if c.name in FAMILIES[requested]]
-    accepted = sorted((c for c in pool if c.accepted), key=lambda c: c.sizeBytes)
+    accepted = sorted((c for c in pool if c.accepted), key=lambda c: c.size_bytes)
     if not accepted:
-        details = "; ".join(f"{c.name}: {c.rejectedBecause}" for c in pool)
+        details = "; ".join(f"{c.name}: {c.rejected_because}" for c in pool)
         raise TfliteFailed(
             "AccuracyBudgetExceeded",
             f"quantization {requested}: no TFLite variant keeps accuracy within maxAccuracyDrop {max_drop} "
@@ -207,7 +208,7 @@ def choose(candidates: list[Candidate], requested: str, max_drop: float) -> tupl
     best = accepted[0]
     return best, (
         f"{best.name} is the smallest TFLite {'variant' if requested == 'auto' else requested + ' variant'} "
-        f"within maxAccuracyDrop {max_drop} (lost {best.accuracyDrop:.4f})"
+        f"within maxAccuracyDrop {max_drop} (lost {best.accuracy_drop:.4f})"
     )
 
 
@@ -247,10 +248,18 @@ def make(
                 text = converter_message(err)
                 log.warning("TFLite variant %s could not be built: %s", name, text)
                 errors.setdefault(text, []).append(name)
-                candidates.append(Candidate(name, 0, None, None, None, False, f"not built: {text}"))
+                candidates.append(Candidate(name=name, size_bytes=0, rejected_because=f"not built: {text}"))
                 continue
             models[name] = model
-            candidates.append(Candidate(name, len(model), round(acc, 6), round(source_accuracy - acc, 6), seconds))
+            candidates.append(
+                Candidate(
+                    name=name,
+                    size_bytes=len(model),
+                    accuracy=round(acc, 6),
+                    accuracy_drop=round(source_accuracy - acc, 6),
+                    conversion_seconds=seconds,
+                )
+            )
         if not models:
             refusals = "; ".join(f"{', '.join(names)}: {text}" for text, names in errors.items())
             raise TfliteFailed(
@@ -273,9 +282,9 @@ def make(
         log.info(
             "TFLite %-12s %7d bytes accuracy %s %s",
             c.name,
-            c.sizeBytes,
+            c.size_bytes,
             c.accuracy,
-            "accepted" if c.accepted else f"rejected: {c.rejectedBecause}",
+            "accepted" if c.accepted else f"rejected: {c.rejected_because}",
         )
     log.info("TFLite chosen: %s (%s)", chosen.name, reason)
     data = models[chosen.name]
@@ -288,7 +297,7 @@ def make(
         "quantization": QUANTIZATION[chosen.name],
         "reason": reason,
         "accuracy": chosen.accuracy,
-        "accuracyDrop": chosen.accuracyDrop,
+        "accuracyDrop": chosen.accuracy_drop,
         "sizeBytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "inputs": inputs,

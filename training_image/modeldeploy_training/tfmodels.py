@@ -23,7 +23,7 @@ import tf2onnx
 
 from modeldeploy_training import onnxutil
 from modeldeploy_training.data import Split
-from modeldeploy_training.errors import InvalidData, InvalidModel, InvalidSpec
+from modeldeploy_training.errors import InvalidModel, InvalidSpec
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +251,3 @@ def _copy(copier: Callable[[Path, Path], Any], src: Path, dest: Path) -> None:
 
 def save_keras(model: Any) -> Callable[[Path], None]:
     return lambda dest: model.save(dest / "model.keras")
-
-
-def check_inputs_match(model: Any, x: npt.NDArray[np.float32], where: str) -> None:
-    expected = tuple(model.inputs[0].shape[1:])
-    if tuple(x.shape[1:]) != expected:
-        raise InvalidData(f"{where}: samples have shape {x.shape[1:]}, the model expects {expected}")

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from modeldeploy import contracts, spec
+from modeldeploy import contracts, serving_settings, spec
 from modeldeploy.tools import client
 
 log = logging.getLogger(__name__)
@@ -226,23 +226,19 @@ def run_locally(options: RunOptions, out: TextIO = sys.stdout) -> int:
     if isinstance(tflite, dict):
         progress.step(f"tflite: {tflite_summary(tflite, version_dir)}")
 
-    from modeldeploy_serving.errors import SettingsError  # noqa: PLC0415
     from modeldeploy_serving.server import configure_logging  # noqa: PLC0415
     from modeldeploy_serving.settings import Settings  # noqa: PLC0415
 
-    serving = manifest["spec"].get("serving") or {}
-    batching = serving.get("batching") or {}
+    from modeldeploy.envsettings import SettingsError  # noqa: PLC0415
+
     try:
         settings = Settings.load(
             overrides={
+                **serving_settings.from_spec(manifest["spec"].get("serving") or {}),
                 "model_dir": version_dir,
                 "host": options.host,
-                "http_port": options.port,
+                "http_port": options.port,  # the command's ports, not the pod's
                 "grpc_port": options.grpc_port,
-                "intra_op_threads": serving.get("threads"),
-                "batching": batching.get("enabled"),
-                "max_batch_size": batching.get("maxBatchSize"),
-                "max_queue_delay_us": batching.get("maxQueueDelayMicroseconds"),
                 "shutdown_grace_seconds": 5.0,
             }
         )
