@@ -127,6 +127,7 @@ class Observed:
     hpa: ChildState | None = None
     claim: ChildState | None = None
     network_policy: ChildState | None = None
+    pdb: ChildState | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def job(self, name: str) -> JobState | None:
