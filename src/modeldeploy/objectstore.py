@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ INCOMPLETE: Final = "VersionIncomplete"
 CHECKSUM_MISMATCH: Final = "ChecksumMismatch"
 TOO_LARGE: Final = "TooLarge"
 INVALID_URI: Final = "InvalidURI"
+LOCAL_WRITE_FAILED: Final = "LocalWriteFailed"
 
 
 class StorageError(RuntimeError):
@@ -177,6 +179,18 @@ def _size(store: Any, key: str) -> int | None:
         return None
 
 
+# A test hook (tests/realnode): seconds to wait after each object of an upload, so that a test can delete the
+# trainer's pod between two objects. Set through the storage Secret (its keys are the Job's environment).
+UPLOAD_PAUSE_ENV: Final = "MODELDEPLOY_TEST_UPLOAD_PAUSE_SECONDS"
+
+
+def _test_pause() -> float:
+    try:
+        return min(max(float(os.environ.get(UPLOAD_PAUSE_ENV) or 0), 0.0), 300.0)
+    except ValueError:
+        return 0.0
+
+
 # ---- writing a version ------------------------------------------------------------------------------------------
 
 
@@ -205,6 +219,7 @@ def put_version(
             raise StorageError(CHECKSUM_MISMATCH, f"{local} does not match its card before the upload")
     store = open_store(root)
     card_key = target.join(contracts.MODEL_CARD_FILE).key
+    pause = _test_pause()
     with translated(f"cannot write {target}"):
         if _size(store, card_key) is not None:
             obstore.delete(store, card_key)
@@ -212,6 +227,7 @@ def put_version(
             obstore.put(store, target.join(rel).key, local_dir / rel)
             if on_put is not None:
                 on_put(rel)
+            time.sleep(pause)
         obstore.put(store, card_key, card_bytes)
     if on_put is not None:
         on_put(contracts.MODEL_CARD_FILE)
@@ -342,7 +358,7 @@ def _download_checked(store: Any, remote: Location, local: Path, entry: dict[str
             if written > size:
                 break  # longer than the card says: no need to read the rest
             digest.update(chunk)
-            out.write(chunk)
+            _write_local(out, chunk, local)
     if written != size or digest.hexdigest() != entry.get("sha256"):
         seen = f"{written} bytes" if written <= size else f"more than {size} bytes"
         raise StorageError(
@@ -351,6 +367,18 @@ def _download_checked(store: Any, remote: Location, local: Path, entry: dict[str
             f"{str(entry.get('sha256'))[:12]}...): the object was changed or damaged after the version was committed; "
             "restore it, or delete the version's model.json and retrain",
         )
+
+
+def _write_local(out: Any, chunk: bytes, path: Path) -> None:
+    """A write to this machine's disk: its failure is the disk's, not the store's (the reason says which)."""
+    try:
+        out.write(chunk)
+    except OSError as err:
+        raise StorageError(
+            LOCAL_WRITE_FAILED,
+            f"cannot write {path}: {err.strerror or err}; a serving pod's copy lives in an emptyDir of "
+            "spec.storage.size (raise it), a trainer's in its /tmp",
+        ) from err
 
 
 def fetch_object(uri: str, dest: Path, *, max_bytes: int, field: str) -> Path:
@@ -371,5 +399,5 @@ def fetch_object(uri: str, dest: Path, *, max_bytes: int, field: str) -> Path:
                 written += len(chunk)
                 if written > max_bytes:
                     raise StorageError(TOO_LARGE, f"{field} {uri} is more than the {max_bytes} bytes allowed")
-                out.write(chunk)
+                _write_local(out, chunk, dest)
     return dest
