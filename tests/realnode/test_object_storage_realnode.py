@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,5 +90,60 @@ def test_three_replicas_serve_from_object_storage_and_a_corrupted_object_is_refu
     assert len(survivors) == 2  # the two running pods keep what they verified when they started
     survivor = port_forward(models.namespace, f"pod/{pods[1]['metadata']['name']}", 8080)
     predicted, served = predict(survivor.url, "digits", x)
+    assert served == version
+    assert sum(int(p == t) for p, t in zip(predicted, y, strict=True)) / len(y) >= 0.9
+
+
+@pytest.mark.timeout(900)  # two trainings (the deleted one and the Job's retry) and the hook's pauses
+def test_a_trainer_deleted_between_two_objects_leaves_no_servable_version_and_its_retry_commits(
+    models: Models,
+    real_cluster: RealCluster,
+    port_forward: Callable[[str, str, int], PortForward],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    local = LocalCluster(real_cluster.name)
+    store = local.object_store_info()
+    if not store:
+        pytest.skip(f"cluster {real_cluster.name} runs no object store (up --object-store)")
+    prefix = models.namespace
+    # The test hook: the trainer waits 10 s after each object it uploads (the Secret's keys are its environment).
+    env_file = tmp_path / "object-store.env"
+    env_file.write_text(
+        (local.directory / "object-store-pods.env").read_text() + f"{objectstore.UPLOAD_PAUSE_ENV}=10\n"
+    )
+    models.kubectl("create", "secret", "generic", "object-store", f"--from-env-file={env_file}")
+    spec: dict[str, Any] = json.loads(json.dumps(DIGITS))
+    spec["serving"]["replicas"] = 1
+    spec["storage"] = {"uri": f"s3://models/{prefix}", "secretRef": {"name": "object-store"}, "size": "64Mi"}
+    models.apply("digits", spec)
+
+    # versitygw's posix backend keeps each object as a file: the first one of the upload is model.onnx.
+    bucket_dir = Path(store["data"]) / "models" / prefix / "digits"
+    first = wait_until(
+        lambda: next(iter(bucket_dir.glob("v*/model.onnx")), None), timeout=READY_TIMEOUT, interval=0.5,
+        what="the trainer's first object in the bucket",
+    )  # fmt: skip
+    version = first.parent.name
+    (trainer,) = [p["metadata"]["name"] for p in models.items("pods") if "-train-" in p["metadata"]["name"]]
+    models.kubectl("delete", "pod", trainer, "--grace-period=1", "--wait=true", timeout=120)
+
+    for key, value in client_env(store).items():
+        monkeypatch.setenv(key, value)
+    root = objectstore.parse_uri(f"s3://models/{prefix}")
+    assert (first.parent / "model.onnx").exists() and not (first.parent / "model.json").exists()
+    assert objectstore.read_card(root, "digits", version) is None
+    with pytest.raises(objectstore.StorageError) as refused:
+        objectstore.fetch_version(root, "digits", version, Path(store["data"]).parent / "probe", max_bytes=2**26)
+    assert refused.value.reason == objectstore.INCOMPLETE
+    assert models.status("digits").get("phase") != "Ready"
+
+    # The Job's retry trains again and commits the same version; then it serves.
+    status = models.wait_phase("digits", "Ready", READY_TIMEOUT + 120)
+    assert status["modelVersion"] == version
+    assert objectstore.is_committed(root, "digits", version) is not None
+    x, y = held_out_digits()
+    forward = port_forward(models.namespace, "service/digits", 8080)
+    predicted, served = predict(forward.url, "digits", x)
     assert served == version
     assert sum(int(p == t) for p, t in zip(predicted, y, strict=True)) / len(y) >= 0.9
