@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CLUSTER ?= modeldeploy
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv test test-unit lint cluster-binaries flux-binaries cluster-up cluster-down cluster-status demo docs clean
+.PHONY: help venv test test-unit lint cluster-binaries flux-binaries objectstore-binaries cluster-up cluster-down cluster-status demo docs clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -28,8 +28,11 @@ cluster-binaries: ## build (once, cached) etcd, kube-apiserver, controller-manag
 flux-binaries: ## build (once, cached) Flux's source-controller and kustomize-controller with their CRDs, for `cluster up --gitops` and the gitops tests
 	@nice -n 19 bash src/modeldeploy/cluster/build-flux.sh >/dev/null
 
-cluster-up: venv cluster-binaries $(if $(GITOPS),flux-binaries) ## start the local control plane CLUSTER (REAL_NODE=1: plus a real node, docs/real-node.md; GITOPS=1: plus Flux and a Git server, docs/gitops.md); the last line printed is its kubeconfig
-	@$(BIN)/modeldeploy cluster up --name $(CLUSTER) $(if $(REAL_NODE),--real-node) $(if $(GITOPS),--gitops)
+objectstore-binaries: ## build (once, cached) versitygw, the S3 server of `cluster up --object-store` and the object-storage tests
+	@nice -n 19 bash src/modeldeploy/cluster/build-objectstore.sh >/dev/null
+
+cluster-up: venv cluster-binaries $(if $(GITOPS),flux-binaries) $(if $(OBJECT_STORE),objectstore-binaries) ## start the local control plane CLUSTER (REAL_NODE=1: plus a real node, docs/real-node.md; GITOPS=1: plus Flux and a Git server, docs/gitops.md); the last line printed is its kubeconfig
+	@$(BIN)/modeldeploy cluster up --name $(CLUSTER) $(if $(REAL_NODE),--real-node) $(if $(GITOPS),--gitops) $(if $(OBJECT_STORE),--object-store)
 
 cluster-down: venv ## stop the local control plane CLUSTER and remove its state
 	@$(BIN)/modeldeploy cluster down --name $(CLUSTER)
@@ -54,7 +57,7 @@ demo: venv ## the main job: a sample's real training, serving and a prediction h
 docs: venv ## regenerate docs/api-reference.md from the CRD's schema
 	$(BIN)/python -m modeldeploy.tools.apidoc --output docs/api-reference.md
 
-test: venv cluster-binaries flux-binaries ## everything: lint, unit tests, and the integration tests on a local control plane
+test: venv cluster-binaries flux-binaries objectstore-binaries ## everything: lint, unit tests, and the integration tests on a local control plane
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache

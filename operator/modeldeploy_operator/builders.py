@@ -87,11 +87,29 @@ def restricted_pod_security(settings: Settings) -> dict[str, Any]:
     }
 
 
+def storage_uri(spec: dict[str, Any]) -> str:
+    """spec.storage.uri: the artifact lives in object storage (no claim), or "" for the claim."""
+    return str((spec.get("storage") or {}).get("uri") or "")
+
+
+def _storage_access(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """envFrom and pod-spec fields that give a pod the storage credentials the user named: the keys of their Secret
+    as environment (named here, read only by the kubelet), or their ServiceAccount for workload identity."""
+    storage = spec.get("storage") or {}
+    env_from = [{"secretRef": {"name": storage["secretRef"]["name"]}}] if storage.get("secretRef") else []
+    pod_fields: dict[str, Any] = {}
+    if storage.get("serviceAccountName"):
+        # Workload identity exchanges the ServiceAccount's token for cloud credentials: only then is it mounted.
+        pod_fields = {"serviceAccountName": storage["serviceAccountName"], "automountServiceAccountToken": True}
+    return env_from, pod_fields
+
+
 def build_claim(md: dict[str, Any]) -> dict[str, Any] | None:
-    """The artifact volume's claim, or None when the spec names an existing claim (the user's, never ours)."""
+    """The artifact volume's claim, or None when the spec names an existing claim (the user's, never ours) or puts
+    the artifact in object storage."""
     spec = md["spec"]
     storage = spec.get("storage") or {}
-    if storage.get("existingClaim"):
+    if storage.get("existingClaim") or storage.get("uri"):
         return None
     model = md["metadata"]["name"]
     claim: dict[str, Any] = {
@@ -117,7 +135,8 @@ def training_env_spec(md: dict[str, Any]) -> str:
 
 def _data_claim(spec: dict[str, Any]) -> str | None:
     if "importModel" in spec:
-        return str(spec["importModel"]["claimName"])
+        claim = spec["importModel"].get("claimName")  # none when the model comes from spec.importModel.uri
+        return str(claim) if claim else None
     dataset = (spec.get("training") or {}).get("dataset") or {}
     claim = dataset.get("claimName")
     return str(claim) if claim else None
@@ -131,8 +150,14 @@ def build_training_job(md: dict[str, Any], settings: Settings) -> dict[str, Any]
     short = full_hash[: naming.SHORT_HASH]
     training = spec.get("training") or {}
     labels = {naming.LABEL_SPEC_HASH: short}
+    # With spec.storage.uri the version is written to a scratch emptyDir, then committed to object storage.
+    models_source: dict[str, Any] = (
+        {"emptyDir": {}}
+        if storage_uri(spec)
+        else {"persistentVolumeClaim": {"claimName": naming.claim_name(model, spec)}}
+    )
     volumes: list[dict[str, Any]] = [
-        {"name": MODELS_VOLUME, "persistentVolumeClaim": {"claimName": naming.claim_name(model, spec)}},
+        {"name": MODELS_VOLUME, **models_source},
         {"name": TMP_VOLUME, "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
@@ -174,12 +199,16 @@ def build_training_job(md: dict[str, Any], settings: Settings) -> dict[str, Any]
         "terminationMessagePath": contracts.DEFAULT_TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    env_from, access_fields = _storage_access(spec)
+    if env_from:
+        container["envFrom"] = env_from
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "securityContext": restricted_pod_security(settings),
         "automountServiceAccountToken": False,  # the trainer never calls the API
         "containers": [container],
         "volumes": volumes,
+        **access_fields,
     }
     if init_containers:
         pod_spec["initContainers"] = init_containers
@@ -353,6 +382,10 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
     if serving.get("tolerations"):
         pod_spec["tolerations"] = copy.deepcopy(serving["tolerations"])
     selector = naming.serving_selector(model)
+    if storage_uri(spec):
+        _fetch_from_object_storage(
+            pod_spec, container, spec=spec, model=model, served=served, settings=settings, selector=selector
+        )
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
         "revisionHistoryLimit": int(spec.get("retainVersions", 3)),
@@ -532,3 +565,94 @@ def build_event(
             "uid": meta.get("uid"),
         },
     }
+
+
+FETCH_CONTAINER: Final = "fetch"
+
+
+def _fetch_from_object_storage(
+    pod_spec: dict[str, Any],
+    server: dict[str, Any],
+    *,
+    spec: dict[str, Any],
+    model: str,
+    served: dict[str, Any],
+    settings: Settings,
+    selector: dict[str, str],
+) -> None:
+    """Serving without a claim (spec.storage.uri): an init container from the serving image copies the version into
+    an emptyDir, every file checked against its card, before the server starts; the replicas spread over nodes
+    (and zones where nodes have the label), so that one node's loss or drain leaves the others serving."""
+    storage = spec.get("storage") or {}
+    size = str(storage.get("size", "1Gi"))
+    pod_spec["volumes"][0] = {"name": MODELS_VOLUME, "emptyDir": {"sizeLimit": size}}
+    env_from, access_fields = _storage_access(spec)
+    fetch_args = ["--uri", storage_uri(spec), "--model", model, "--version", str(served["version"])]
+    fetch_args += ["--dest", contracts.ARTIFACT_MOUNT, "--max-size", size]
+    fetch: dict[str, Any] = {
+        "name": FETCH_CONTAINER,
+        "image": server["image"],
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["modeldeploy", "fetch"],
+        "args": fetch_args,
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        # The fetch's one line of why (ChecksumMismatch, AccessDenied, ...) becomes the Degraded condition's message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [
+            {"name": MODELS_VOLUME, "mountPath": contracts.ARTIFACT_MOUNT},
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+        ],
+    }
+    if env_from:
+        fetch["envFrom"] = env_from
+    pod_spec["initContainers"] = [fetch]
+    pod_spec.update(access_fields)
+    pod_spec["topologySpreadConstraints"] = [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": dict(selector)},
+            # Only the pods of the same rollout are counted: old pods being replaced do not skew the new ones.
+            "matchLabelKeys": ["pod-template-hash"],
+        }
+        for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+    ]
+
+
+def default_min_available(spec: dict[str, Any]) -> int | str | None:
+    """spec.serving.minAvailable, else 1 for 2+ replicas (autoscaled: its minReplicas), else no budget."""
+    serving = spec.get("serving") or {}
+    if "minAvailable" in serving:
+        value: int | str = serving["minAvailable"]
+        return value
+    replicas = int(serving.get("replicas", 1))
+    if is_autoscaled(spec):
+        replicas = int((serving.get("autoscaling") or {}).get("minReplicas", 1))
+    return 1 if replicas >= 2 else None
+
+
+def build_pdb(md: dict[str, Any]) -> dict[str, Any] | None:
+    """The serving pods' PodDisruptionBudget with spec.storage.uri (replicas on several nodes); None otherwise."""
+    spec = md["spec"]
+    if not storage_uri(spec):
+        return None
+    min_available = default_min_available(spec)
+    if min_available is None:
+        return None
+    model = md["metadata"]["name"]
+    return _stamp(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": _metadata(md, naming.serving_name(model), naming.COMPONENT_SERVING),
+            "spec": {
+                "minAvailable": min_available,
+                "selector": {"matchLabels": naming.serving_selector(model)},
+                # A pod that never got Ready (a failed fetch) may be evicted: it serves nothing to protect.
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            },
+        }
+    )

@@ -439,7 +439,7 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
             plan.delete.append(("Job", job.name))
     kept_paths = {v.get("path") for v in versions}
     doomed = [v for v in dropped if v.get("path") and v.get("path") not in kept_paths and not v.get("reused")]
-    if doomed:
+    if doomed and not builders.storage_uri(spec):  # versions in object storage stay (docs/object-storage.md)
         plan.create.append(builders.build_cleanup_job(full, doomed, settings))
 
     # Serving: the current spec's version when trained, else keep serving what was served.
@@ -461,6 +461,11 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
         _hold(plan, policy, observed.network_policy, blocked_by)
     elif policy is None and observed.network_policy is not None and observed.network_policy.controller_uid == uid:
         plan.delete.append(("NetworkPolicy", observed.network_policy.name))
+    pdb = builders.build_pdb(full)
+    if pdb is not None and served is not None:
+        _hold(plan, pdb, observed.pdb, blocked_by)
+    elif pdb is None and observed.pdb is not None and observed.pdb.controller_uid == uid:
+        plan.delete.append(("PodDisruptionBudget", observed.pdb.name))
     if claim is not None and observed.claim is not None and observed.claim.controller_uid == uid:
         # A claim's spec cannot change after creation: only its labels, annotations and owner are held.
         where = drift.drift_of(claim, observed.claim.owned, metadata_only=True) if observed.claim.owned else ""

@@ -100,6 +100,14 @@ async def network_policy_index(
     return {parent: observed.summarize_child(body)} if parent else {}
 
 
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=OURS)
+async def pdb_index(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, observed.ChildState]:
+    parent = _parent(namespace, labels)
+    return {parent: observed.summarize_child(body)} if parent else {}
+
+
 # -- events: any change of a ModelDeployment or of one of its children queues that ModelDeployment --
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def md_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
@@ -114,6 +122,7 @@ async def md_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> N
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=OURS)
 @kopf.on.event("v1", "persistentvolumeclaims", labels=OURS)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OURS)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OURS)
 async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     parent = _parent(namespace, labels)
     if parent is not None and "runtime" in memo:
@@ -145,6 +154,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> No
             "hpa_index",
             "claim_index",
             "network_policy_index",
+            "pdb_index",
         )
     }
     runtime = Runtime(settings=config, kube=kube, loop=asyncio.get_running_loop(), indices=indices)

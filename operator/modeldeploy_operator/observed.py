@@ -127,6 +127,7 @@ class Observed:
     hpa: ChildState | None = None
     claim: ChildState | None = None
     network_policy: ChildState | None = None
+    pdb: ChildState | None = None
 
     def job(self, name: str) -> JobState | None:
         return next((job for job in self.jobs if job.name == name), None)

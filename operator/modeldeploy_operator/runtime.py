@@ -72,6 +72,7 @@ class Runtime:
         hpas: list[ChildState] = _values(self.indices["hpa_index"], key)
         claims: list[ChildState] = _values(self.indices["claim_index"], key)
         policies: list[ChildState] = _values(self.indices.get("network_policy_index", {}), key)
+        pdbs: list[ChildState] = _values(self.indices.get("pdb_index", {}), key)
         jobs: list[JobState] = _values(self.indices["job_index"], key)
         pods: list[PodState] = _values(self.indices["pod_index"], key)
         observed = Observed(
@@ -82,6 +83,7 @@ class Runtime:
             hpa=hpas[0] if hpas else None,
             claim=claims[0] if claims else None,
             network_policy=policies[0] if policies else None,
+            pdb=pdbs[0] if pdbs else None,
         )
         return md, observed
 

@@ -25,6 +25,7 @@ PATHS: Final[dict[str, tuple[str, str]]] = {
     "Deployment": ("/apis/apps/v1", "deployments"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     "Event": ("/apis/events.k8s.io/v1", "events"),
     "ModelDeployment": (f"/apis/{GROUP}/{VERSION}", PLURAL),

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "run": "modeldeploy.run",
     "predict": "modeldeploy.predict",
     "pull": "modeldeploy.pull",
+    "fetch": "modeldeploy.fetch",
 }
 
 

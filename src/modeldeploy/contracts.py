@@ -41,6 +41,7 @@ FAILURE_REASONS: Final = frozenset(
         "ParityFailed",
         "AccuracyBudgetExceeded",
         "StorageFull",
+        "StorageUnavailable",
         "InternalError",
     }
 )

@@ -70,7 +70,8 @@ def real_cluster() -> Iterator[RealCluster]:
         if reason:
             pytest.skip(f"the real node cannot start: {reason}")
         clean_orphans("rn-")  # a killed earlier run's node would hold the bridge
-        local = LocalCluster(f"rn-{os.getpid()}", real_node=True)
+        # With the S3 server (versitygw, on the node's bridge too): the object-storage tests' bucket.
+        local = LocalCluster(f"rn-{os.getpid()}", real_node=True, object_store=True)
     try:
         if not reuse:
             try:

@@ -46,6 +46,12 @@ class StorageFull(TrainingFailure):
     reason = "StorageFull"
 
 
+class StorageUnavailable(TrainingFailure):
+    """Object storage (spec.storage.uri, a dataset or import URI) refused, lacked or could not be reached."""
+
+    reason = "StorageUnavailable"
+
+
 # Out of space and out of quota look the same to a user: the volume cannot take the artifact.
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 

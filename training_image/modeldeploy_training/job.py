@@ -8,23 +8,34 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import posixpath
 import shutil
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import onnx
 
-from modeldeploy import contracts
+from modeldeploy import contracts, objectstore
 from modeldeploy_training import artifact, compression, data, onnxutil
-from modeldeploy_training.errors import InvalidData, InvalidModel, InvalidSpec, ParityFailed, TrainingFailure
+from modeldeploy_training.errors import (
+    InvalidData,
+    InvalidModel,
+    InvalidSpec,
+    ParityFailed,
+    StorageUnavailable,
+    TrainingFailure,
+)
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 PARITY_MAX_ABS_DIFF = 1e-4
 MODEL_FILES = {"model.keras": "keras", "model.h5": "h5", "saved_model": "savedmodel", "model.onnx": "onnx"}
@@ -72,6 +83,12 @@ class Prepared:
 
 def run_job(manifest: dict[str, Any], options: Options) -> dict[str, Any]:
     """Make (or find) the artifact of a ModelDeployment; returns the success report, raises TrainingFailure."""
+    # A dataset or model given by URI is downloaded here first (the pod's /tmp), then read like a file on a claim.
+    with tempfile.TemporaryDirectory(prefix="modeldeploy-uri-") as scratch:
+        return _run_job(manifest, options, Path(scratch))
+
+
+def _run_job(manifest: dict[str, Any], options: Options, scratch: Path) -> dict[str, Any]:
     started = time.monotonic()
     name = str(manifest["metadata"]["name"])
     spec = manifest["spec"]
@@ -83,7 +100,8 @@ def run_job(manifest: dict[str, Any], options: Options) -> dict[str, Any]:
     except contracts.ContractError as err:
         raise InvalidSpec(str(err)) from err
     digest = contracts.spec_hash(spec)
-    training = spec.get("training")
+    spec, options = localize_uris(spec, options, scratch)
+    training: Any = spec.get("training")
     plan: ImportPlan | None = None
     if isinstance(training, dict) and training.get("recipe", "cnn") != "custom":
         dataset_spec = training.get("dataset") or {}
@@ -101,10 +119,19 @@ def run_job(manifest: dict[str, Any], options: Options) -> dict[str, Any]:
     model_dir = options.output / name
     log.info("model %s version %s (spec %s, data %s)", name, version, digest[:12], fingerprint[:24])
 
+    remote = storage_location(spec)
+    if remote is not None:
+        committed = _remote(lambda: objectstore.is_committed(remote, name, version))
+        if committed is not None:
+            log.info("version %s is already committed in %s: reusing it, nothing is trained", version, remote)
+            return success_report(committed, name, version, reused=True, duration=time.monotonic() - started)
+
     artifact.remove_stale_temporaries(model_dir)
     existing = artifact.find_existing(model_dir, version)
     if existing is not None:
         log.info("version %s is already complete: reusing it, nothing is trained", version)
+        if remote is not None:
+            upload(model_dir / version, remote, name, version)
         return success_report(existing, name, version, reused=True, duration=time.monotonic() - started)
 
     with artifact.VersionWriter(model_dir, version) as writer:
@@ -124,8 +151,82 @@ def run_job(manifest: dict[str, Any], options: Options) -> dict[str, Any]:
             createdAt=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             libraries=library_versions(),
         )
-        writer.commit(card)
+        final = writer.commit(card)
+    if remote is not None:
+        upload(final, remote, name, version)
     return success_report(card, name, version, reused=False, duration=time.monotonic() - started)
+
+
+# Datasets and models read from a URI: refused past these sizes before they are read (the pod's /tmp holds them).
+MAX_DATASET_BYTES = 4 * 1024**3
+MAX_IMPORT_BYTES = 4 * 1024**3
+
+
+def localize_uris(spec: dict[str, Any], options: Options, scratch: Path) -> tuple[dict[str, Any], Options]:
+    """spec.training.dataset.uri and spec.importModel.uri (with its evalDataset) downloaded into scratch: the spec
+    returned names them as paths relative to scratch, which becomes the data root. The version still comes from the
+    original spec and the bytes (their fingerprint), so the same object gives the same version."""
+    training = spec.get("training")
+    dataset = (training.get("dataset") or {}) if isinstance(training, dict) else {}
+    if dataset.get("uri"):
+        path = download(str(dataset["uri"]), scratch, "spec.training.dataset.uri", MAX_DATASET_BYTES)
+        training = {**training, "dataset": {**dataset, "path": path.as_posix()}}  # type: ignore[dict-item]
+        return {**spec, "training": training}, replace(options, data_root=scratch)
+    imp = spec.get("importModel") or {}
+    if imp.get("uri"):
+        new = {**imp, "path": download(str(imp["uri"]), scratch, "spec.importModel.uri", MAX_IMPORT_BYTES).as_posix()}
+        if imp.get("evalDataset"):
+            if "://" not in str(imp["evalDataset"]):
+                raise InvalidSpec(
+                    "spec.importModel.evalDataset must be a URI too when the model comes from spec.importModel.uri"
+                )
+            eval_path = download(str(imp["evalDataset"]), scratch, "spec.importModel.evalDataset", MAX_DATASET_BYTES)
+            new["evalDataset"] = eval_path.as_posix()
+        return {**spec, "importModel": new}, replace(options, data_root=scratch)
+    return spec, options
+
+
+def download(uri: str, scratch: Path, field_name: str, max_bytes: int) -> Path:
+    """One object into scratch, under its own file name (its suffix tells the format)."""
+    try:
+        location = objectstore.parse_uri(uri, field_name)
+        base = posixpath.basename(location.key) or "object"
+        target = scratch / f"{len(list(scratch.iterdir()))}" / base
+        started = time.monotonic()
+        objectstore.fetch_object(uri, target, max_bytes=max_bytes, field=field_name)
+    except objectstore.StorageError as err:
+        if err.reason in (objectstore.INVALID_URI,):
+            raise InvalidSpec(err.message) from err
+        if err.reason in (objectstore.NOT_FOUND, objectstore.TOO_LARGE):
+            raise InvalidData(f"{err.message}; check {field_name}") from err
+        raise StorageUnavailable(f"{err.reason}: {err.message}") from err
+    log.info("read %s (%d bytes) in %.1f s", uri, target.stat().st_size, time.monotonic() - started)
+    return target.relative_to(scratch)
+
+
+def storage_location(spec: dict[str, Any]) -> objectstore.Location | None:
+    """spec.storage.uri, checked; None when the artifact lives on a claim only."""
+    uri = (spec.get("storage") or {}).get("uri")
+    if not uri:
+        return None
+    try:
+        return objectstore.parse_uri(str(uri), "spec.storage.uri", writable=True)
+    except objectstore.StorageError as err:
+        raise InvalidSpec(err.message) from err
+
+
+def _remote(call: Callable[[], _T]) -> _T:
+    try:
+        return call()
+    except objectstore.StorageError as err:
+        raise StorageUnavailable(f"{err.reason}: {err.message}") from err
+
+
+def upload(version_dir: Path, remote: objectstore.Location, name: str, version: str) -> None:
+    """Commit a complete local version to object storage: its files, then its card (objectstore.put_version)."""
+    started = time.monotonic()
+    _remote(lambda: objectstore.put_version(version_dir, remote, name, version))
+    log.info("committed %s/%s to %s in %.1f s", name, version, remote, time.monotonic() - started)
 
 
 def plan_import(spec: dict[str, Any], options: Options) -> ImportPlan:

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from modeldeploy.cluster import gitops, realnode
+from modeldeploy.cluster import gitops, objectstore, realnode
 from modeldeploy.cluster.pki import make_pki
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ class ClusterState:
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)
     real_node: dict[str, Any] = field(default_factory=dict)  # what the real node's sweep needs; empty without one
     gitops: dict[str, Any] = field(default_factory=dict)  # Flux's bin directory and the Git root; empty without
+    object_store: dict[str, Any] = field(default_factory=dict)  # versitygw's port, bucket and keys; empty without
 
     @property
     def file(self) -> Path:
@@ -141,6 +142,7 @@ class ClusterState:
             "processes": self.processes,
             "real_node": self.real_node,
             "gitops": self.gitops,
+            "object_store": self.object_store,
         }
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
@@ -161,6 +163,7 @@ class ClusterState:
             processes=data.get("processes", {}),
             real_node=data.get("real_node", {}),
             gitops=data.get("gitops", {}),
+            object_store=data.get("object_store", {}),
         )
 
 
@@ -175,6 +178,7 @@ class LocalCluster:
         nodes: int = 3,
         real_node: bool = False,
         gitops: bool = False,
+        object_store: bool = False,
     ) -> None:
         if not name or not all(c.isalnum() or c in "-_" for c in name):
             raise ClusterError(f"cluster name {name!r} must be letters, digits, '-' or '_'")
@@ -182,6 +186,7 @@ class LocalCluster:
         self.nodes = nodes
         self.real_node = real_node
         self.gitops = gitops
+        self.object_store = object_store
         self.directory = (state_root or default_state_root()) / name
 
     @property
@@ -204,12 +209,18 @@ class LocalCluster:
                         f"cluster {self.name} is up without Flux: "
                         f"`modeldeploy cluster down --name {self.name}`, then up again with --gitops"
                     )
+                if self.object_store and not existing.object_store:
+                    raise ClusterError(
+                        f"cluster {self.name} is up without an object store: "
+                        f"`modeldeploy cluster down --name {self.name}`, then up again with --object-store"
+                    )
                 log.info("cluster %s is already up", self.name)
                 return existing.kubeconfig
             log.info("cluster %s has stale state (a component is gone): cleaning it up first", self.name)
             self.down()
         bins = bin_dir or find_binaries(real_node=self.real_node)
         flux_bins = self._find_flux_binaries() if self.gitops else None  # built before anything starts
+        store_bin = self._find_objectstore_binary() if self.object_store else None
         node = realnode.RealNode(self.directory, bins) if self.real_node else None
         if node is not None:
             try:
@@ -224,6 +235,8 @@ class LocalCluster:
             names += ["kubelet", "kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics"]
         if flux_bins is not None:
             names += list(gitops.PORTS)
+        if store_bin is not None:
+            names.append(objectstore.PORT_KEY)
         state = ClusterState(
             name=self.name,
             directory=self.directory,
@@ -253,6 +266,8 @@ class LocalCluster:
                 self._start_real_node(state, node)
             if flux_bins is not None:
                 self._start_gitops(state, flux_bins)
+            if store_bin is not None:
+                self._start_object_store(state, store_bin, real_node=node is not None)
         except BaseException:
             self.down()
             raise
@@ -277,6 +292,7 @@ class LocalCluster:
             "kubelet": ["kubelet", "kubelet-healthz"],
             "kube-proxy": ["kube-proxy-healthz", "kube-proxy-metrics"],
             **gitops.PORTS_OF,
+            objectstore.COMPONENT: [objectstore.PORT_KEY],
         }.get(component, [])
         for key in port_keys:
             if port_is_taken(state.ports[key]):
@@ -645,6 +661,49 @@ class LocalCluster:
         self._wait_healthy(state, "gitserver", f"http://127.0.0.1:{state.ports['git']}/healthz", 30)
         log.info("Flux is up in %.1f s; Git: %s", time.monotonic() - started, gitops.git_url(state.ports, "NAME"))
 
+    def _find_objectstore_binary(self) -> Path:
+        try:
+            return objectstore.find_binary()
+        except objectstore.ObjectStoreBuildError as err:
+            raise ClusterError(str(err)) from None
+
+    def _start_object_store(self, state: ClusterState, binary: Path, *, real_node: bool) -> None:
+        """versitygw on 127.0.0.1 (and the real node's bridge, for pods), its bucket made through the S3 API."""
+        started = time.monotonic()
+        data = self.directory / "objects"
+        data.mkdir(exist_ok=True)
+        port = state.ports[objectstore.PORT_KEY]
+        hosts = [realnode.NODE_IP] if real_node else []
+        info: dict[str, Any] = {"port": port, "bucket": objectstore.BUCKET, "data": str(data), "hosts": hosts}
+        info.update(objectstore.new_credentials())
+        state.object_store = info
+        state.save()
+        (self.directory / "object-store.env").write_text(
+            "".join(f"{k}={v}\n" for k, v in objectstore.client_env(info).items()), encoding="utf-8"
+        )
+        os.chmod(self.directory / "object-store.env", 0o600)
+        if hosts:  # what pods on the real node use: the bridge address instead of the loopback one
+            pods_env = self.directory / "object-store-pods.env"
+            pods_env.write_text(
+                "".join(f"{k}={v}\n" for k, v in objectstore.client_env(info, hosts[0]).items()), encoding="utf-8"
+            )
+            os.chmod(pods_env, 0o600)
+        self._start(
+            state, objectstore.COMPONENT, objectstore.server_args(data, port, hosts),
+            command=[str(binary)], env=objectstore.server_env(info),
+        )  # fmt: skip
+        self._wait_healthy(state, objectstore.COMPONENT, f"http://127.0.0.1:{port}{objectstore.HEALTH_PATH}", 30)
+        objectstore.create_bucket(info, binary)
+        log.info(
+            "object store (versitygw) is up in %.1f s: s3://%s at %s",
+            time.monotonic() - started, objectstore.BUCKET, objectstore.endpoint("127.0.0.1", port),
+        )  # fmt: skip
+
+    def object_store_info(self) -> dict[str, Any]:
+        """The running store's endpoint(s), bucket and keys; empty when the cluster has none."""
+        state = ClusterState.load(self.directory)
+        return dict(state.object_store) if state is not None else {}
+
     def load_images(self, images: list[str]) -> list[str]:
         """Import images from the local Docker engine into the real node's containerd (after `make images`)."""
         state = ClusterState.load(self.directory)
@@ -664,6 +723,7 @@ class LocalCluster:
             *COMPONENTS,
             *(realnode.NODE_COMPONENTS if state.real_node else ()),
             *(gitops.COMPONENTS if state.gitops else ()),
+            *((objectstore.COMPONENT,) if state.object_store else ()),
         }
         return all(
             c in state.processes and process_start_time(state.processes[c]["pid"]) == state.processes[c]["start_time"]

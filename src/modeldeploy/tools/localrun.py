@@ -201,6 +201,28 @@ async def serve_and_predict(
     return await task
 
 
+def fetch_committed(name: str, version: str, storage: dict[str, Any], output: Path, progress: Progress) -> Path | None:
+    """Copy a committed version back from spec.storage.uri into OUTPUT/.fetched/ (readers skip dot names), verified;
+    None after saying why it could not."""
+    from modeldeploy import objectstore  # noqa: PLC0415
+    from modeldeploy.fetch import parse_size  # noqa: PLC0415
+
+    uri = str(storage["uri"])
+    try:
+        root = objectstore.parse_uri(uri, "spec.storage.uri", writable=True)
+        started = time.monotonic()
+        version_dir, _ = objectstore.fetch_version(
+            root, name, version, output / ".fetched", max_bytes=parse_size(str(storage.get("size", "1Gi")))
+        )
+    except objectstore.StorageError as err:
+        progress.step(f"cannot fetch {name}/{version} from {uri}: {err.reason}: {err.message}")
+        return None
+    progress.step(
+        f"fetched {version} from {uri} in {time.monotonic() - started:.2f}s, every file checked against its card"
+    )
+    return version_dir
+
+
 def run_locally(options: RunOptions, out: TextIO = sys.stdout) -> int:
     progress = Progress(out)
     try:
@@ -216,6 +238,13 @@ def run_locally(options: RunOptions, out: TextIO = sys.stdout) -> int:
         return 1
     version_dir = options.output / str(report["path"])
     progress.step(f"trained and compressed in {report.get('durationSeconds', 0):.1f}s: {summarize(report)}")
+    storage = manifest["spec"].get("storage") or {}
+    if storage.get("uri"):
+        # What a serving pod does: the version as committed to object storage, every file checked against its card.
+        fetched = fetch_committed(name, str(report["version"]), storage, options.output, progress)
+        if fetched is None:
+            return 1
+        version_dir = fetched
     card = contracts.read_model_card(version_dir) or {}
     for line in candidate_lines(card):
         progress.out.write(f"{'':9}{line}\n")
