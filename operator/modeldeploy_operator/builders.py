@@ -269,10 +269,13 @@ def is_autoscaled(spec: dict[str, Any]) -> bool:
     return isinstance(autoscaling, dict) and bool(autoscaling.get("enabled", True))
 
 
-def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def build_deployment(
+    md: dict[str, Any], served: dict[str, Any], settings: Settings, *, replicas: int | None = None
+) -> dict[str, Any]:
     """The inference Deployment serving the version `served` ({"version", "path"}) with the current serving spec.
 
-    With autoscaling on, `replicas` is left out: the HPA owns it and the operator never writes it back.
+    With autoscaling on, `replicas` is left out: the HPA owns it and the operator never writes it back. `replicas`
+    replaces spec.serving.replicas while a canary runs beside it (the stable share).
     """
     spec = md["spec"]
     model = md["metadata"]["name"]
@@ -379,9 +382,28 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
         },
     }
     if not is_autoscaled(spec):
-        deployment_spec["replicas"] = int(serving.get("replicas", 1))
+        deployment_spec["replicas"] = int(serving.get("replicas", 1)) if replicas is None else replicas
     metadata = _metadata(md, naming.serving_name(model), naming.COMPONENT_SERVING, **{naming.LABEL_VERSION: version})
     return _stamp({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": deployment_spec})
+
+
+def build_canary_deployment(
+    md: dict[str, Any], canary: dict[str, Any], settings: Settings, replicas: int
+) -> dict[str, Any]:
+    """The canary Deployment: the main one's pods serving version `canary`, `replicas` of them, beside the stable
+    ones. Its pods keep the main selector's labels, so the model's one Service sends them their replica share of
+    the traffic (no mesh); the track label keeps them apart from the main Deployment's own ReplicaSets."""
+    model = md["metadata"]["name"]
+    manifest = build_deployment(md, canary, settings, replicas=replicas)
+    manifest["metadata"]["annotations"].pop(naming.ANNOTATION_CONFIG_HASH, None)
+    manifest["metadata"]["name"] = naming.canary_name(model)
+    manifest["metadata"]["labels"][naming.LABEL_TRACK] = naming.TRACK_CANARY
+    selector = {**naming.serving_selector(model), naming.LABEL_TRACK: naming.TRACK_CANARY}
+    manifest["spec"]["selector"] = {"matchLabels": selector}
+    manifest["spec"]["template"]["metadata"]["labels"][naming.LABEL_TRACK] = naming.TRACK_CANARY
+    manifest["spec"]["replicas"] = replicas  # the HPA scales the main Deployment only
+    manifest["spec"]["revisionHistoryLimit"] = 1
+    return _stamp(manifest)
 
 
 # Where the serving container finds the user's Secrets (docs/contracts/serving.md).

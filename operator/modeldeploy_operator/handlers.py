@@ -65,7 +65,8 @@ async def deployment_index(
     namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, observed.DeploymentState]:
     parent = _parent(namespace, labels)
-    return {parent: observed.summarize_deployment(body)} if parent and parent[1] == name else {}
+    wanted = parent is not None and name in (parent[1], naming.canary_name(parent[1]))
+    return {parent: observed.summarize_deployment(body)} if parent and wanted else {}
 
 
 @kopf.index("v1", "services", labels=OURS)

@@ -82,6 +82,8 @@ class PodState:
     """The waiting reason that makes the pod broken (ImagePullBackOff, CrashLoopBackOff...), else ""."""
     unschedulable_since: str = ""
     """lastTransitionTime of the PodScheduled=False condition (RFC 3339) while the pod is unschedulable."""
+    track: str = ""
+    """"canary" on a canary Deployment's pods (spec.serving.canary), else ""."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,18 @@ class ChildState:
 
 
 @dataclass(frozen=True)
+class CanaryMetrics:
+    """What the canary's serving pods counted since they started (their /metrics): requests and failed ones."""
+
+    requests: int
+    errors: int
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything the watches know about one ModelDeployment's children."""
 
@@ -127,6 +141,10 @@ class Observed:
     hpa: ChildState | None = None
     claim: ChildState | None = None
     network_policy: ChildState | None = None
+    canary: DeploymentState | None = None
+    """The canary Deployment (naming.canary_name), while spec.serving.canary runs one."""
+    canary_metrics: CanaryMetrics | None = None
+    """The canary pods' request counts, read by the runtime while a canary's error rate is watched."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def job(self, name: str) -> JobState | None:
@@ -224,6 +242,7 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
         version=labels.get(naming.LABEL_VERSION, ""),
         last_exit_reason=exit_reason,
         waiting_reason=waiting_reason,
+        track=labels.get(naming.LABEL_TRACK, ""),
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modeldeploy.spec import API_VERSION, KIND
-from modeldeploy_operator import decide
+from modeldeploy_operator import decide, naming
 from modeldeploy_operator.observed import ChildState, DeploymentState, JobState, Observed, PodState
 from modeldeploy_operator.reconcile import reconcile
 from modeldeploy_operator.settings import Settings
@@ -79,7 +79,8 @@ class Runtime:
         observed = Observed(
             jobs=tuple(jobs),
             pods=tuple(pods),
-            deployment=deployments[0] if deployments else None,
+            deployment=next((d for d in deployments if d.name == key[1]), None),
+            canary=next((d for d in deployments if d.name == naming.canary_name(key[1])), None),
             service=services[0] if services else None,
             hpa=hpas[0] if hpas else None,
             claim=claims[0] if claims else None,

@@ -1,0 +1,290 @@
+"""Pin and canary, pure: which version each Deployment serves, the replica split, promotion and rollback."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from md_factories import OWNER_UID, deployment, make_md, serving_pod
+from modeldeploy_operator import builders, decide, naming, rollout
+from modeldeploy_operator.observed import CanaryMetrics, ChildState, DeploymentState, Observed, PodState
+from modeldeploy_operator.settings import Settings
+
+SETTINGS = Settings()
+T0 = "2025-01-01T00:00:00Z"
+T1 = "2025-01-01T00:01:00Z"  # 60 s later
+T5 = "2025-01-01T00:05:00Z"  # 300 s later
+
+OLD = {"version": "vold", "path": "digits/vold", "specHash": "aaaaaaaaaaaa", "jobName": "digits-train-aaaaaaaaaaaa"}
+MID = {"version": "vmid", "path": "digits/vmid", "specHash": "bbbbbbbbbbbb", "jobName": "digits-train-bbbbbbbbbbbb"}
+
+
+def _md(serving: dict[str, Any], status: dict[str, Any] | None = None, generation: int = 2) -> dict[str, Any]:
+    """A ModelDeployment whose current spec's version is trained (newest), with `OLD` (and MID) retained."""
+    spec = {"training": {"dataset": {"builtin": "digits"}}, "serving": serving}
+    md = make_md(spec, generation=generation)
+    new = {
+        "version": "vnew",
+        "path": "digits/vnew",
+        "specHash": naming.short_spec_hash(decide.normalized_spec(md)),
+        "jobName": "digits-train-new",
+    }
+    md["status"] = {"modelVersion": "vold", "versions": [new, MID, OLD], **(status or {})}
+    return md
+
+
+def _observed(**kwargs: Any) -> Observed:
+    return Observed(claim=ChildState("digits-models", "", controller_uid=OWNER_UID), **kwargs)
+
+
+def _conditions(plan: decide.Plan) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in plan.status["conditions"]}
+
+
+def _deployments(plan: decide.Plan) -> dict[str, dict[str, Any]]:
+    return {m["metadata"]["name"]: m for m in plan.apply_new + plan.apply if m["kind"] == "Deployment"}
+
+
+def _hash(manifest: dict[str, Any]) -> str:
+    return str(manifest["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH])
+
+
+def _as_rolled(manifest: dict[str, Any], name: str = "digits") -> DeploymentState:
+    """The Deployment as the cache shows it once every replica of `manifest` is ready."""
+    replicas = int(manifest["spec"]["replicas"])
+    version = manifest["metadata"]["labels"][naming.LABEL_VERSION]
+    return replace(deployment(_hash(manifest), version, replicas), name=name)
+
+
+def _canary_pod(name: str, version: str = "vnew", **changes: Any) -> PodState:
+    return replace(serving_pod(name), version=version, track=naming.TRACK_CANARY, **changes)
+
+
+@pytest.mark.parametrize(
+    ("total", "percent", "split"),
+    [
+        (4, 25, (3, 1)),
+        (4, 50, (2, 2)),
+        (4, 10, (3, 1)),
+        (4, 90, (1, 3)),
+        (10, 25, (7, 3)),
+        (1, 25, (1, 1)),
+        (0, 25, (0, 0)),
+    ],
+)
+def test_the_share_is_the_replica_ratio_at_least_one_each(total: int, percent: int, split: tuple[int, int]) -> None:
+    assert rollout.split_replicas(total, percent) == split
+
+
+# -- pin --
+def test_a_pin_rolls_the_deployment_to_the_retained_version_without_training() -> None:
+    md = _md({"modelVersion": "vmid"}, {"modelVersion": "vnew"})
+    plan = decide.decide(md, _observed(), SETTINGS, T0)
+    assert [m["kind"] for m in plan.create] == []  # no training Job
+    (main,) = _deployments(plan).values()
+    assert main["metadata"]["labels"][naming.LABEL_VERSION] == "vmid"
+    env = {e["name"]: e["value"] for e in main["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELDEPLOY_MODEL_VERSION"] == "vmid"
+    assert env["MODELDEPLOY_MODEL_DIR"].endswith("/digits/vmid")
+    assert main["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert plan.status["modelVersion"] == "vmid" and plan.status["pinned"] is True
+    # Once rolled out it is Ready, and the Ready message says it is pinned.
+    rolled = decide.decide({**md, "status": plan.status}, _observed(deployment=_as_rolled(main)), SETTINGS, T0)
+    assert rolled.status["phase"] == "Ready"
+    assert "pinned" in _conditions(rolled)["Ready"]["message"]
+
+
+def test_a_pin_of_a_version_that_is_not_retained_keeps_serving_and_says_so() -> None:
+    md = _md({"modelVersion": "vgone"}, {"modelVersion": "vnew"})
+    plan = decide.decide(md, _observed(), SETTINGS, T0)
+    (main,) = _deployments(plan).values()
+    assert main["metadata"]["labels"][naming.LABEL_VERSION] == "vnew"
+    assert plan.status["modelVersion"] == "vnew" and "pinned" not in plan.status
+    degraded, ready = _conditions(plan)["Degraded"], _conditions(plan)["Ready"]
+    assert degraded["status"] == "True" and degraded["reason"] == "VersionNotRetained"
+    assert "vgone" in degraded["message"] and "vnew, vmid, vold" in degraded["message"]
+    assert ready["status"] == "False" and ready["reason"] == "VersionNotRetained"
+    assert _conditions(plan)["Stalled"]["status"] == "True"
+
+
+def test_unpinning_returns_to_the_newest_version_even_with_a_canary_configured() -> None:
+    md = _md({"canary": {"trafficPercent": 25}}, {"modelVersion": "vmid", "pinned": True})
+    plan = decide.decide(md, _observed(), SETTINGS, T0)
+    assert set(_deployments(plan)) == {"digits"}
+    assert plan.status["modelVersion"] == "vnew" and "pinned" not in plan.status
+
+
+def test_pinned_and_canaried_versions_are_never_garbage_collected() -> None:
+    md = _md({"modelVersion": "vold", "replicas": 2})
+    md["spec"]["retainVersions"] = 1
+    md["status"]["modelVersion"] = "vnew"
+    plan = decide.decide(md, _observed(), SETTINGS, T0)
+    assert [v["version"] for v in plan.status["versions"]] == ["vnew", "vold"]
+    (cleanup,) = [m for m in plan.create if m["metadata"]["labels"][naming.LABEL_COMPONENT] == "cleanup"]
+    assert cleanup["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "/models/digits/vmid"
+    canary = _md({"canary": {"trafficPercent": 50}, "replicas": 2})
+    canary["spec"]["retainVersions"] = 1
+    plan = decide.decide(canary, _observed(), SETTINGS, T0)
+    assert [v["version"] for v in plan.status["versions"]] == ["vnew", "vold"]  # vnew canaried, vold stable
+
+
+# -- canary --
+def test_a_new_version_with_a_canary_runs_beside_the_stable_one_behind_the_one_service() -> None:
+    md = _md({"canary": {"trafficPercent": 25}, "replicas": 4})
+    plan = decide.decide(md, _observed(), SETTINGS, T0)
+    deps = _deployments(plan)
+    main, canary = deps["digits"], deps["digits-canary"]
+    assert main["metadata"]["labels"][naming.LABEL_VERSION] == "vold" and main["spec"]["replicas"] == 3
+    assert canary["metadata"]["labels"][naming.LABEL_VERSION] == "vnew" and canary["spec"]["replicas"] == 1
+    assert canary["metadata"]["ownerReferences"][0]["uid"] == OWNER_UID
+    (service,) = [m for m in plan.apply_new if m["kind"] == "Service"]
+    selector = service["spec"]["selector"]
+    for dep in (main, canary):
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items()  # the one Service sends to both
+        assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # The canary's own selector does not reach the stable pods; the stable pods carry no track label (no roll).
+    assert canary["spec"]["selector"]["matchLabels"][naming.LABEL_TRACK] == "canary"
+    assert naming.LABEL_TRACK not in main["spec"]["template"]["metadata"]["labels"]
+    assert plan.status["modelVersion"] == "vold"
+    assert plan.status["canary"] | {"startedAt": T0} == plan.status["canary"]
+    assert plan.status["canary"]["share"] == "25%" and plan.status["canary"]["state"] == "Progressing"
+    assert plan.status["phase"] == "Deploying"
+    assert _conditions(plan)["Progressing"]["reason"] == "CanaryInProgress"
+    assert _conditions(plan)["Ready"]["status"] == "False"
+
+
+def _running_canary(serving: dict[str, Any], started: str = T0) -> tuple[dict[str, Any], Observed, dict[str, Any]]:
+    """The state once both Deployments rolled out: (md with its status, observed, canary manifest)."""
+    md = _md(serving)
+    first = decide.decide(md, _observed(), SETTINGS, started)
+    deps = _deployments(first)
+    main, canary = deps["digits"], deps["digits-canary"]
+    pods = tuple(_canary_pod(f"digits-canary-{i}") for i in range(canary["spec"]["replicas"]))
+    observed = _observed(deployment=_as_rolled(main), canary=_as_rolled(canary, "digits-canary"), pods=pods)
+    return {**md, "status": first.status}, observed, canary
+
+
+def test_a_running_canary_is_progressing_in_kstatus_terms_and_keeps_its_start_time() -> None:
+    md, observed, _ = _running_canary({"canary": {"trafficPercent": 25}, "replicas": 4})
+    plan = decide.decide(md, observed, SETTINGS, T5)
+    assert plan.apply == [] and plan.apply_new[0]["kind"] == "Service"  # both Deployments as built
+    assert plan.status["canary"]["startedAt"] == T0
+    assert plan.status["phase"] == "Deploying"
+    conditions = _conditions(plan)
+    assert conditions["Reconciling"]["status"] == "True" and conditions["Reconciling"]["reason"] == "CanaryInProgress"
+    assert conditions["Stalled"]["status"] == "False"
+    assert plan.status["readyDisplay"] == "4/4"
+
+
+def test_raising_the_share_to_100_promotes_the_canary() -> None:
+    md, observed, _ = _running_canary({"canary": {"trafficPercent": 25}, "replicas": 4})
+    md["spec"]["serving"]["canary"]["trafficPercent"] = 100
+    plan = decide.decide(md, observed, SETTINGS, T1)
+    deps = _deployments(plan)
+    assert set(deps) == {"digits"}
+    assert (
+        deps["digits"]["metadata"]["labels"][naming.LABEL_VERSION] == "vnew" and deps["digits"]["spec"]["replicas"] == 4
+    )
+    assert plan.status["modelVersion"] == "vnew"
+    assert plan.status["canary"]["state"] == "Promoted" and plan.status["canary"]["reason"] == "PromotedBySpec"
+    assert ("Deployment", "digits-canary") not in plan.delete  # it serves until the main Deployment rolled
+    assert [e.reason for e in plan.events if e.reason == "CanaryPromoted"] == ["CanaryPromoted"]
+    after = replace(observed, deployment=_as_rolled(deps["digits"]))
+    done = decide.decide({**md, "status": plan.status}, after, SETTINGS, T1)
+    assert ("Deployment", "digits-canary") in done.delete
+    assert done.status["phase"] == "Ready" and done.status["canary"]["state"] == "Promoted"
+
+
+def test_removing_the_canary_from_the_spec_promotes_it_too() -> None:
+    md, observed, _ = _running_canary({"canary": {"trafficPercent": 25}, "replicas": 4})
+    del md["spec"]["serving"]["canary"]
+    plan = decide.decide(md, observed, SETTINGS, T1)
+    assert plan.status["modelVersion"] == "vnew" and "canary" not in plan.status
+    assert ("Deployment", "digits-canary") in plan.delete
+
+
+def test_a_canary_whose_pods_crash_is_rolled_back_and_stays_rolled_back() -> None:
+    md, observed, _ = _running_canary({"canary": {"trafficPercent": 25, "promoteAfterSeconds": 120}, "replicas": 4})
+    crashing = _canary_pod("digits-canary-0", broken_reason="container serving is in CrashLoopBackOff", restarts=3)
+    plan = decide.decide(md, replace(observed, pods=(crashing,)), SETTINGS, T1)
+    assert ("Deployment", "digits-canary") in plan.delete
+    # The stable version takes back the canary's replicas; it never stopped serving.
+    (main,) = _deployments(plan).values()
+    assert main["metadata"]["labels"][naming.LABEL_VERSION] == "vold" and main["spec"]["replicas"] == 4
+    assert plan.status["modelVersion"] == "vold"
+    canary = plan.status["canary"]
+    assert canary["state"] == "RolledBack" and canary["reason"] == "CanaryPodsFailing"
+    assert "CrashLoopBackOff" in canary["message"]
+    conditions = _conditions(plan)
+    assert conditions["Degraded"]["reason"] == "CanaryRolledBack" and conditions["Stalled"]["status"] == "True"
+    assert conditions["Ready"]["reason"] == "CanaryRolledBack"
+    assert plan.status["phase"] == "Degraded"
+    assert any(e.type == "Warning" and e.reason == "CanaryRolledBack" for e in plan.events)
+    # The next reconciles do not start the same version again.
+    again = decide.decide({**md, "status": plan.status}, replace(observed, canary=None, pods=()), SETTINGS, T5)
+    assert set(_deployments(again)) <= {"digits"} and again.status["canary"]["state"] == "RolledBack"
+    assert not any(e.reason == "CanaryRolledBack" for e in again.events)
+
+
+def test_a_canary_that_stays_ready_is_promoted_after_promote_after_seconds() -> None:
+    md, observed, _ = _running_canary({"canary": {"trafficPercent": 25, "promoteAfterSeconds": 120}, "replicas": 4})
+    early = decide.decide(md, observed, SETTINGS, T1)
+    assert early.status["canary"]["state"] == "Progressing"
+    assert 60 < early.requeue_after <= 61  # woken when the window ends, without a watch event
+    plan = decide.decide(md, observed, SETTINGS, T5)
+    assert plan.status["modelVersion"] == "vnew"
+    assert plan.status["canary"]["state"] == "Promoted" and plan.status["canary"]["reason"] == "PromotedAfterAnalysis"
+
+
+def test_a_canary_not_ready_when_its_window_ends_is_rolled_back() -> None:
+    md, observed, _ = _running_canary({"canary": {"trafficPercent": 25, "promoteAfterSeconds": 120}, "replicas": 4})
+    unready = replace(observed, pods=(_canary_pod("digits-canary-0", ready=False, phase="Pending"),))
+    plan = decide.decide(md, unready, SETTINGS, T5)
+    assert plan.status["canary"]["state"] == "RolledBack" and plan.status["canary"]["reason"] == "CanaryNotReady"
+    assert plan.status["modelVersion"] == "vold"
+
+
+def test_the_error_rate_from_the_canary_pods_metrics_decides() -> None:
+    serving = {"canary": {"trafficPercent": 25, "promoteAfterSeconds": 120, "maxErrorRate": 0.05}, "replicas": 4}
+    md, observed, _ = _running_canary(serving)
+    bad = decide.decide(md, replace(observed, canary_metrics=CanaryMetrics(requests=100, errors=6)), SETTINGS, T1)
+    assert bad.status["canary"]["reason"] == "CanaryErrorRate" and "6/100" in bad.status["canary"]["message"]
+    good = decide.decide(md, replace(observed, canary_metrics=CanaryMetrics(requests=100, errors=5)), SETTINGS, T5)
+    assert good.status["canary"]["state"] == "Promoted" and "5/100" in good.status["canary"]["message"]
+    unknown = decide.decide(md, observed, SETTINGS, T5)
+    assert unknown.status["canary"]["reason"] == "CanaryMetricsUnavailable"
+    # While the window runs, the operator comes back to read the rate again.
+    watching = decide.decide(md, replace(observed, canary_metrics=CanaryMetrics(10, 0)), SETTINGS, T1)
+    assert watching.requeue_after == 10.0 and watching.status["canary"]["requests"] == 10
+
+
+def test_a_stable_version_s_failing_pods_are_degraded_but_a_canary_s_are_its_rollback() -> None:
+    md, observed, _ = _running_canary({"canary": {"trafficPercent": 50}, "replicas": 2})
+    stable_broken = replace(
+        serving_pod("digits-abc", broken="container serving is in CrashLoopBackOff"), version="vold"
+    )
+    plan = decide.decide(md, replace(observed, pods=(*observed.pods, stable_broken)), SETTINGS, T1)
+    assert _conditions(plan)["Degraded"]["reason"] == "PodsFailing"
+
+
+def test_the_first_version_is_served_at_once_even_with_a_canary_configured() -> None:
+    md = _md({"canary": {"trafficPercent": 25}})
+    md["status"] = {}
+    md["status"]["versions"] = [_md({})["status"]["versions"][0]]
+    plan = decide.decide(md, _observed(), SETTINGS, T0)
+    assert set(_deployments(plan)) == {"digits"} and "canary" not in plan.status
+
+
+def test_the_canary_deployment_is_built_from_the_main_one() -> None:
+    md = _md({"canary": {"trafficPercent": 25}, "replicas": 4})
+    full = {**md, "spec": decide.normalized_spec(md)}
+    main = builders.build_deployment(full, OLD, SETTINGS)
+    canary = builders.build_canary_deployment(full, MID, SETTINGS, 1)
+    assert canary["metadata"]["name"] == "digits-canary"
+    main_pod, canary_pod = main["spec"]["template"]["spec"], canary["spec"]["template"]["spec"]
+    assert main_pod["securityContext"] == canary_pod["securityContext"]
+    assert main_pod["automountServiceAccountToken"] is False and canary_pod["automountServiceAccountToken"] is False
+    assert _hash(canary) == _hash(builders.build_canary_deployment(full, MID, SETTINGS, 1))
+    assert _hash(canary) != _hash(builders.build_canary_deployment(full, MID, SETTINGS, 2))
