@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -288,3 +289,23 @@ def test_the_canary_deployment_is_built_from_the_main_one() -> None:
     assert main_pod["automountServiceAccountToken"] is False and canary_pod["automountServiceAccountToken"] is False
     assert _hash(canary) == _hash(builders.build_canary_deployment(full, MID, SETTINGS, 1))
     assert _hash(canary) != _hash(builders.build_canary_deployment(full, MID, SETTINGS, 2))
+
+
+def test_argo_cd_reads_a_running_canary_as_progressing_and_a_rolled_back_one_as_degraded() -> None:
+    """manifests/argocd/health.lua on the statuses decide writes (tests/install has the interpreter cases)."""
+    import lupa  # noqa: PLC0415
+
+    script = (Path(__file__).resolve().parents[2] / "manifests" / "argocd" / "health.lua").read_text()
+    lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+    check = lua.eval(f"function(obj)\n{script}\nend")
+
+    def health(md: dict[str, Any], plan: decide.Plan) -> tuple[str, str]:
+        result = check(lua.table_from({**md, "status": plan.status}, recursive=True))
+        return str(result["status"]), str(result["message"])
+
+    md, observed, _ = _running_canary({"canary": {"trafficPercent": 25}, "replicas": 4})
+    status, message = health(md, decide.decide(md, observed, SETTINGS, T1))
+    assert status == "Progressing" and "canary version vnew serves 25%" in message
+    crash = _canary_pod("digits-canary-0", broken_reason="container serving is in CrashLoopBackOff")
+    status, message = health(md, decide.decide(md, replace(observed, pods=(crash,)), SETTINGS, T1))
+    assert status == "Degraded" and message.startswith("CanaryRolledBack: canary version vnew was rolled back")
