@@ -588,11 +588,11 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
     if served is not None:
         status["modelVersion"] = served["version"]
         status["modelPath"] = served.get("path")
+        status["endpoint"] = f"http://{naming.serving_name(model)}.{namespace}.svc:{spec['serving']['port']}"
     if choice.pinned:
         status["pinned"] = True
     if choice.status is not None:
         status["canary"] = choice.status
-        status["endpoint"] = f"http://{naming.serving_name(model)}.{namespace}.svc:{spec['serving']['port']}"
     if target is not None:
         status["training"] = _training_status(target)
         status["compression"] = _compression_status(target, spec)

@@ -90,6 +90,7 @@ def test_a_pin_rolls_the_deployment_to_the_retained_version_without_training() -
     assert env["MODELDEPLOY_MODEL_DIR"].endswith("/digits/vmid")
     assert main["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert plan.status["modelVersion"] == "vmid" and plan.status["pinned"] is True
+    assert plan.status["endpoint"] == "http://digits.ns.svc:8080" and plan.status["modelPath"] == "digits/vmid"
     # Once rolled out it is Ready, and the Ready message says it is pinned.
     rolled = decide.decide({**md, "status": plan.status}, _observed(deployment=_as_rolled(main)), SETTINGS, T0)
     assert rolled.status["phase"] == "Ready"
