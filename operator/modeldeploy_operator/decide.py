@@ -516,12 +516,14 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
         and served is not None
         and _is_rolled_out(observed, deployment_hash, stable_desired, str(served["version"]))
     )
-    if observed.canary is not None and observed.canary.controller_uid == uid and choice.canary is None:
-        # A promoted canary's pods serve until the main Deployment has rolled to its version; a rolled-back or
-        # unwanted one goes at once.
+    canary_dep = observed.canary
+    if canary_dep is not None and canary_dep.controller_uid == uid and choice.canary is None and canary_dep.desired:
+        # A promoted canary's pods serve until the main Deployment has rolled to their version; a rolled-back or
+        # unwanted one stops at once. Scaled to zero rather than deleted: the next canary reuses it, and the
+        # operator needs no right to delete Deployments.
         promoted = (choice.status or {}).get("state") == rollout.STATE_PROMOTED
-        if rolled or not promoted or observed.canary.model_version != str(served["version"] if served else ""):
-            plan.delete.append(("Deployment", observed.canary.name))
+        if rolled or not promoted or canary_dep.model_version != str(served["version"] if served else ""):
+            plan.patch.append(("Deployment", canary_dep.name, {"spec": {"replicas": 0}}))
     if rolled and not canary_rolled:
         rolled = False
     available = dep is not None and dep.available_condition and dep.available > 0

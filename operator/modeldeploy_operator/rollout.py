@@ -58,6 +58,40 @@ class Serving:
     """(type, reason, message) of events of their own: a promotion, a rollback."""
 
 
+# What counts as a failed request in the serving pods' modeldeploy_requests counter: the server's fault (HTTP 5xx,
+# including shed load; the gRPC codes of the same), not the client's (4xx: a bad request is not the canary's fault).
+GRPC_SERVER_ERRORS: Final = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "RESOURCE_EXHAUSTED"})
+
+
+def request_counts(metrics_text: str) -> CanaryMetrics:
+    """Requests and failed requests in one serving pod's /metrics (Prometheus text format)."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415 (only with a canary)
+
+    requests = errors = 0
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "modeldeploy_requests":
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            count = int(sample.value)
+            code = str(sample.labels.get("code", ""))
+            requests += count
+            if code.startswith("5") or code in GRPC_SERVER_ERRORS:
+                errors += count
+    return CanaryMetrics(requests=requests, errors=errors)
+
+
+def wants_metrics(md: dict[str, Any]) -> str:
+    """The canary version whose pods' metrics the next decision needs ("" when none): while a canary with
+    spec.serving.canary.maxErrorRate runs."""
+    canary = ((md.get("spec") or {}).get("serving") or {}).get("canary") or {}
+    state = (md.get("status") or {}).get("canary") or {}
+    if canary.get("maxErrorRate") is None or state.get("state") != STATE_PROGRESSING:
+        return ""
+    return str(state.get("version") or "")
+
+
 def seconds_between(earlier: str, later: str) -> float | None:
     try:
         start = datetime.datetime.fromisoformat(earlier.replace("Z", "+00:00"))

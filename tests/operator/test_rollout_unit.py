@@ -18,6 +18,8 @@ T1 = "2025-01-01T00:01:00Z"  # 60 s later
 T5 = "2025-01-01T00:05:00Z"  # 300 s later
 
 OLD = {"version": "vold", "path": "digits/vold", "specHash": "aaaaaaaaaaaa", "jobName": "digits-train-aaaaaaaaaaaa"}
+# A canary Deployment that is no longer wanted: scaled to zero (the operator has no right to delete Deployments).
+SCALED_TO_ZERO = ("Deployment", "digits-canary", {"spec": {"replicas": 0}})
 MID = {"version": "vmid", "path": "digits/vmid", "specHash": "bbbbbbbbbbbb", "jobName": "digits-train-bbbbbbbbbbbb"}
 
 
@@ -191,11 +193,11 @@ def test_raising_the_share_to_100_promotes_the_canary() -> None:
     )
     assert plan.status["modelVersion"] == "vnew"
     assert plan.status["canary"]["state"] == "Promoted" and plan.status["canary"]["reason"] == "PromotedBySpec"
-    assert ("Deployment", "digits-canary") not in plan.delete  # it serves until the main Deployment rolled
+    assert plan.patch == [] and plan.delete == []  # the canary serves until the main Deployment rolled
     assert [e.reason for e in plan.events if e.reason == "CanaryPromoted"] == ["CanaryPromoted"]
     after = replace(observed, deployment=_as_rolled(deps["digits"]))
     done = decide.decide({**md, "status": plan.status}, after, SETTINGS, T1)
-    assert ("Deployment", "digits-canary") in done.delete
+    assert done.patch == [SCALED_TO_ZERO]
     assert done.status["phase"] == "Ready" and done.status["canary"]["state"] == "Promoted"
 
 
@@ -204,14 +206,14 @@ def test_removing_the_canary_from_the_spec_promotes_it_too() -> None:
     del md["spec"]["serving"]["canary"]
     plan = decide.decide(md, observed, SETTINGS, T1)
     assert plan.status["modelVersion"] == "vnew" and "canary" not in plan.status
-    assert ("Deployment", "digits-canary") in plan.delete
+    assert plan.patch == [SCALED_TO_ZERO]
 
 
 def test_a_canary_whose_pods_crash_is_rolled_back_and_stays_rolled_back() -> None:
     md, observed, _ = _running_canary({"canary": {"trafficPercent": 25, "promoteAfterSeconds": 120}, "replicas": 4})
     crashing = _canary_pod("digits-canary-0", broken_reason="container serving is in CrashLoopBackOff", restarts=3)
     plan = decide.decide(md, replace(observed, pods=(crashing,)), SETTINGS, T1)
-    assert ("Deployment", "digits-canary") in plan.delete
+    assert plan.patch == [SCALED_TO_ZERO]
     # The stable version takes back the canary's replicas; it never stopped serving.
     (main,) = _deployments(plan).values()
     assert main["metadata"]["labels"][naming.LABEL_VERSION] == "vold" and main["spec"]["replicas"] == 4
@@ -310,3 +312,38 @@ def test_argo_cd_reads_a_running_canary_as_progressing_and_a_rolled_back_one_as_
     crash = _canary_pod("digits-canary-0", broken_reason="container serving is in CrashLoopBackOff")
     status, message = health(md, decide.decide(md, replace(observed, pods=(crash,)), SETTINGS, T1))
     assert status == "Degraded" and message.startswith("CanaryRolledBack: canary version vnew was rolled back")
+
+
+def test_the_error_rate_is_read_from_what_the_serving_pods_metrics_render() -> None:
+    from modeldeploy_serving.metrics import Metrics  # noqa: PLC0415
+
+    metrics = Metrics()
+    metrics.set_model("digits")
+    for code, times in (("200", 90), ("400", 4), ("500", 3), ("503", 1)):
+        for _ in range(times):
+            metrics.observe_request("rest", code, 0.001)
+    metrics.observe_request("grpc", "OK", 0.001)
+    metrics.observe_request("grpc", "INTERNAL", 0.001)
+    metrics.observe_request("grpc", "INVALID_ARGUMENT", 0.001)
+    counts = rollout.request_counts(metrics.render().decode())
+    # A client's bad request (400, INVALID_ARGUMENT) is not the canary's failure; 5xx and INTERNAL are.
+    assert counts == CanaryMetrics(requests=101, errors=5)
+    assert rollout.request_counts("") == CanaryMetrics(0, 0)
+    with pytest.raises(ValueError):
+        rollout.request_counts('modeldeploy_requests_total{code="200" 3\n')
+
+
+def test_metrics_are_wanted_only_while_a_canary_with_max_error_rate_runs() -> None:
+    md = _md(
+        {"canary": {"trafficPercent": 25, "maxErrorRate": 0.01}},
+        {"canary": {"version": "vnew", "state": "Progressing"}},
+    )
+    assert rollout.wants_metrics(md) == "vnew"
+    md["status"]["canary"]["state"] = "RolledBack"
+    assert rollout.wants_metrics(md) == ""
+    assert (
+        rollout.wants_metrics(
+            _md({"canary": {"trafficPercent": 25}}, {"canary": {"version": "vnew", "state": "Progressing"}})
+        )
+        == ""
+    )
