@@ -375,6 +375,8 @@ def build_deployment(
                     **naming.base_labels(model, naming.COMPONENT_SERVING),
                     **selector,
                     naming.LABEL_VERSION: version,
+                    # Only with a Gateway: its Services tell the tracks apart (a canary's pods say canary).
+                    **({naming.LABEL_TRACK: naming.TRACK_STABLE} if serving.get("gateway") else {}),
                 },
                 "annotations": dict(serving.get("podAnnotations") or {}),
             },
@@ -521,5 +523,56 @@ def build_hpa(md: dict[str, Any]) -> dict[str, Any] | None:
                     }
                 ],
             },
+        }
+    )
+
+
+GATEWAY_GROUP: Final = "gateway.networking.k8s.io"
+
+
+def build_track_service(md: dict[str, Any], track: str) -> dict[str, Any]:
+    """The HTTP Service of one track's pods (stable or canary), a weighted backend of the HTTPRoute."""
+    model = md["metadata"]["name"]
+    port = int((md["spec"].get("serving") or {}).get("port", 8080))
+    return _stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _metadata(md, naming.track_service_name(model, track), naming.COMPONENT_SERVING),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {**naming.serving_selector(model), naming.LABEL_TRACK: track},
+                "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+            },
+        }
+    )
+
+
+def build_http_route(md: dict[str, Any], canary_percent: int) -> dict[str, Any] | None:
+    """The HTTPRoute through the Gateway that spec.serving.gateway names (None without one): the stable and canary
+    Services with exact weights, `canary_percent` of the requests to the canary (0 while none runs)."""
+    serving = md["spec"].get("serving") or {}
+    gateway = serving.get("gateway")
+    if not gateway:
+        return None
+    model = md["metadata"]["name"]
+    port = int(serving.get("port", 8080))
+    parent: dict[str, Any] = {"group": GATEWAY_GROUP, "kind": "Gateway", "name": gateway["name"]}
+    for key in ("namespace", "sectionName"):
+        if gateway.get(key):
+            parent[key] = gateway[key]
+    backends = [
+        {"name": naming.track_service_name(model, track), "port": port, "weight": weight}
+        for track, weight in ((naming.TRACK_STABLE, 100 - canary_percent), (naming.TRACK_CANARY, canary_percent))
+    ]
+    spec: dict[str, Any] = {"parentRefs": [parent], "rules": [{"backendRefs": backends}]}
+    if gateway.get("hostnames"):
+        spec["hostnames"] = list(gateway["hostnames"])
+    return _stamp(
+        {
+            "apiVersion": f"{GATEWAY_GROUP}/v1",
+            "kind": "HTTPRoute",
+            "metadata": _metadata(md, naming.serving_name(model), naming.COMPONENT_SERVING),
+            "spec": spec,
         }
     )

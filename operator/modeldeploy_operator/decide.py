@@ -490,6 +490,9 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
         canary_rolled = _deployment_rolled_out(
             observed.canary, canary_hash, choice.canary_replicas, str(choice.canary["version"])
         )
+    route_status = _hold_gateway(
+        plan, full, old=old, observed=observed, choice=choice, served=served, blocked_by=blocked_by
+    )
     hpa = builders.build_hpa(full)
     if hpa is not None and served is not None:
         _hold(plan, hpa, observed.hpa, blocked_by)
@@ -591,6 +594,8 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
         status["modelVersion"] = served["version"]
         status["modelPath"] = served.get("path")
         status["endpoint"] = f"http://{naming.serving_name(model)}.{namespace}.svc:{spec['serving']['port']}"
+    if route_status:
+        status["route"] = route_status
     if choice.pinned:
         status["pinned"] = True
     if choice.status is not None:
@@ -613,6 +618,38 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
     plan.status = status
     finish(md, plan, now, plan.blocker)
     return plan
+
+
+def _hold_gateway(
+    plan: Plan,
+    full: dict[str, Any],
+    *,
+    old: dict[str, Any],
+    observed: Observed,
+    choice: rollout.Serving,
+    served: dict[str, Any] | None,
+    blocked_by: Callable[[str, Any], bool],
+) -> dict[str, Any]:
+    """spec.serving.gateway: the tracks' Services and the HTTPRoute with exact weights; its status.route entry.
+
+    No watch sees HTTPRoutes (the Gateway API may not be installed: a watch of a missing resource would stall the
+    operator's startup), so the route is applied when what it should be changed since the last successful apply
+    (status.route.configHash), not on drift.
+    """
+    if served is None or not full["spec"]["serving"].get("gateway"):
+        return {}
+    for track in (naming.TRACK_STABLE, naming.TRACK_CANARY):
+        service = builders.build_track_service(full, track)
+        child = next((s for s in observed.track_services if s.name == service["metadata"]["name"]), None)
+        _hold(plan, service, child, blocked_by)
+    percent = int(full["spec"]["serving"]["canary"]["trafficPercent"]) if choice.canary is not None else 0
+    route = builders.build_http_route(full, percent)
+    if route is None:
+        return {}
+    digest = route["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH]
+    if (old.get("route") or {}).get("configHash") != digest:
+        plan.apply_new.append(route)
+    return {"name": route["metadata"]["name"], "canaryWeight": percent, "configHash": digest}
 
 
 def _rollout_conditions(

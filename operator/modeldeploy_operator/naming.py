@@ -20,6 +20,7 @@ LABEL_VERSION: Final = "modeldeploy.dev/model-version"
 # Only on a canary's pods (spec.serving.canary): the stable pods carry none, so adding canaries rolled no pod.
 LABEL_TRACK: Final = "modeldeploy.dev/track"
 TRACK_CANARY: Final = "canary"
+TRACK_STABLE: Final = "stable"
 
 ANNOTATION_GENERATION: Final = "modeldeploy.dev/generation"
 ANNOTATION_CONFIG_HASH: Final = "modeldeploy.dev/config-hash"
@@ -63,6 +64,11 @@ def serving_name(model: str) -> str:
 def canary_name(model: str) -> str:
     """The canary Deployment beside the main one (spec.serving.canary); the one Service selects both."""
     return f"{model}-canary"
+
+
+def track_service_name(model: str, track: str) -> str:
+    """The Service of one track (spec.serving.gateway): the HTTPRoute's weighted backends."""
+    return f"{model}-{track}"
 
 
 def base_labels(model: str, component: str) -> dict[str, str]:

@@ -143,6 +143,8 @@ class Observed:
     network_policy: ChildState | None = None
     canary: DeploymentState | None = None
     """The canary Deployment (naming.canary_name), while spec.serving.canary runs one."""
+    track_services: tuple[ChildState, ...] = ()
+    """The stable and canary tracks' Services (spec.serving.gateway)."""
     canary_metrics: CanaryMetrics | None = None
     """The canary pods' request counts, read by the runtime while a canary's error rate is watched."""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -146,12 +146,25 @@ def reconcile(kube: Kube, md: dict[str, Any], observed: Observed, settings: Sett
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         try:
             if any(manifest is new for new in plan.apply_new) and foreign(kind, name):
+                if kind == "HTTPRoute":
+                    plan.status.pop("route", None)
                 continue
             kube.apply(manifest)
             outcome.writes.append(f"applied {kind} {name}")
+        except NotFoundError as err:
+            if kind != "HTTPRoute":
+                raise
+            # Not a transient 404: the Gateway API is not installed. Said in the status, tried again with backoff.
+            plan.status.pop("route", None)
+            missing = "the Gateway API (gateway.networking.k8s.io/v1 HTTPRoute) is not installed in this cluster"
+            hint = "install its CRDs and a Gateway controller, or remove spec.serving.gateway"
+            blocker = blocker or deciding.Blocker("GatewayAPIMissing", f"apply HTTPRoute {name}: {missing}; {hint}")
+            logger.warning("%s/%s: %s (%s)", namespace, md["metadata"]["name"], missing, err)
         except StorageError as err:
             if not _is_final(err):
                 raise
+            if kind == "HTTPRoute":
+                plan.status.pop("route", None)  # applied again next time
             refused("apply", kind, name, err)
     if blocker is not plan.blocker:
         deciding.finish(md, plan, now, blocker)

@@ -25,6 +25,7 @@ PATHS: Final[dict[str, tuple[str, str]]] = {
     "Deployment": ("/apis/apps/v1", "deployments"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     "ModelDeployment": (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }

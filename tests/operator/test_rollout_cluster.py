@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Models, OperatorProcess
 
 from modeldeploy.cluster.waiting import wait_until
@@ -204,3 +209,89 @@ def test_a_canary_whose_error_rate_cannot_be_read_is_not_promoted_blindly(
     assert "pods/proxy" in canary["message"]
     assert models.wait_phase("digits", "Degraded")["modelVersion"] == older
     assert "metrics unread" in operator.log()
+
+
+GATEWAY_API = "sigs.k8s.io/gateway-api@v1.3.0"
+
+
+@pytest.fixture
+def gateway_api(kubectl: Any) -> None:
+    """The Gateway API's standard CRDs (HTTPRoute, Gateway), from its Go module (the Go module proxy serves it)."""
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if go is None:
+        pytest.skip("Go is not installed (the local control plane needs it too)")
+    found = subprocess.run(
+        [go, "mod", "download", "-json", GATEWAY_API], capture_output=True, text=True, check=True, timeout=300
+    )
+    crds = Path(json.loads(found.stdout)["Dir"]) / "config" / "crd" / "standard"
+    for kind in ("httproutes", "gateways"):
+        kubectl("apply", "--server-side", "-f", str(crds / f"gateway.networking.k8s.io_{kind}.yaml"))
+    jsonpath = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+    for kind in ("httproutes", "gateways"):
+        name = f"{kind}.gateway.networking.k8s.io"
+        wait_until(
+            lambda n=name: kubectl("get", "crd", n, "-o", jsonpath, check=False).stdout.strip() == "True",
+            timeout=60,
+            what=f"CRD {name} established",
+        )
+
+
+def test_without_the_gateway_api_a_named_gateway_is_a_clear_condition(
+    operator: OperatorProcess, models: Models, kubectl: Any
+) -> None:
+    if kubectl("get", "crd", "httproutes.gateway.networking.k8s.io", check=False).returncode == 0:
+        pytest.skip("the Gateway API is installed in this session's cluster already")
+    models.apply("digits", _with({"replicas": 2, "gateway": {"name": "public"}}))
+    ready = wait_until(
+        lambda: c if (c := models.condition("digits", "Ready")).get("reason") == "GatewayAPIMissing" else None,
+        timeout=90,
+        what="Ready=False GatewayAPIMissing",
+        describe=lambda: models.status("digits"),
+    )
+    assert "remove spec.serving.gateway" in ready["message"]
+    assert "route" not in models.status("digits")
+    assert models.get("deployment", "digits") is not None  # the rest is made all the same
+
+
+def test_with_a_gateway_the_http_route_weights_are_exact_and_follow_the_canary(
+    operator: OperatorProcess, models: Models, gateway_api: None
+) -> None:
+    serving = {"replicas": 4, "canary": {"trafficPercent": 10}, "gateway": {"name": "public", "sectionName": "http"}}
+    older, newer = _two_versions(models, serving)
+
+    def weights() -> dict[str, int]:
+        route = models.get("httproute.gateway.networking.k8s.io", "digits") or {}
+        backends = ((route.get("spec") or {}).get("rules") or [{}])[0].get("backendRefs") or []
+        return {b["name"]: b["weight"] for b in backends}
+
+    wait_until(
+        lambda: weights() == {"digits-stable": 90, "digits-canary": 10},
+        timeout=60,
+        what="the HTTPRoute at 90/10",
+        describe=weights,
+    )
+    route = models.get("httproute.gateway.networking.k8s.io", "digits")
+    assert (
+        route["spec"]["parentRefs"][0]["name"] == "public" and route["spec"]["parentRefs"][0]["sectionName"] == "http"
+    )
+    assert route["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+    # Each track's Service selects its own pods: 3 stable (older), 1 canary (newer), per the replica ratio.
+    for track, version, count in (("stable", older, 3), ("canary", newer, 1)):
+        selector = ",".join(f"{k}={v}" for k, v in models.get("service", f"digits-{track}")["spec"]["selector"].items())
+        wait_until(
+            lambda s=selector, v=version, n=count: sorted(
+                p["metadata"]["labels"]["modeldeploy.dev/model-version"]
+                for p in models.items("pods", s)
+                if not p["metadata"].get("deletionTimestamp")
+            ) == [v] * n,
+            timeout=60,
+            what=f"{count} {track} pods of {version}",
+        )  # fmt: skip
+    models.apply("digits", _with({**serving, "canary": {"trafficPercent": 100}}, epochs=7))
+    models.wait_phase("digits", "Ready")
+    wait_until(
+        lambda: weights() == {"digits-stable": 100, "digits-canary": 0},
+        timeout=60,
+        what="the HTTPRoute at 100/0 after the promotion",
+        describe=weights,
+    )

@@ -347,3 +347,49 @@ def test_metrics_are_wanted_only_while_a_canary_with_max_error_rate_runs() -> No
         )
         == ""
     )
+
+
+# -- Gateway API --
+def test_with_a_gateway_the_route_splits_exactly_and_the_tracks_have_their_services() -> None:
+    gateway = {"name": "public", "namespace": "gateways", "sectionName": "http", "hostnames": ["digits.example"]}
+    md, observed, _ = _running_canary({"canary": {"trafficPercent": 10}, "replicas": 4, "gateway": gateway})
+    md["status"].pop("route")  # as before the first apply
+    plan = decide.decide(md, observed, SETTINGS, T1)
+    (route,) = [m for m in plan.apply_new if m["kind"] == "HTTPRoute"]
+    assert route["metadata"]["ownerReferences"][0]["uid"] == OWNER_UID
+    assert route["spec"]["parentRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "namespace": "gateways",
+         "sectionName": "http"}
+    ]  # fmt: skip
+    assert route["spec"]["hostnames"] == ["digits.example"]
+    backends = {b["name"]: b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]}
+    assert backends == {"digits-stable": 90, "digits-canary": 10}  # exact, not the replica ratio (25%)
+    services = {m["metadata"]["name"]: m for m in plan.apply_new if m["kind"] == "Service"}
+    assert services["digits-stable"]["spec"]["selector"][naming.LABEL_TRACK] == "stable"
+    assert services["digits-canary"]["spec"]["selector"][naming.LABEL_TRACK] == "canary"
+    deps = {
+        m["metadata"]["name"]: m
+        for m in decide.decide(md, _observed(), SETTINGS, T1).apply_new
+        if m["kind"] == "Deployment"
+    }
+    assert deps["digits"]["spec"]["template"]["metadata"]["labels"][naming.LABEL_TRACK] == "stable"
+    assert deps["digits-canary"]["spec"]["template"]["metadata"]["labels"][naming.LABEL_TRACK] == "canary"
+    assert plan.status["route"]["canaryWeight"] == 10
+    # Applied once per change: the recorded hash stops the next write; a promotion changes the weights.
+    again = decide.decide({**md, "status": plan.status}, observed, SETTINGS, T1)
+    assert not [m for m in again.apply_new if m["kind"] == "HTTPRoute"]
+    md["spec"]["serving"]["canary"]["trafficPercent"] = 100
+    promoted = decide.decide({**md, "status": plan.status}, observed, SETTINGS, T1)
+    (route,) = [m for m in promoted.apply_new if m["kind"] == "HTTPRoute"]
+    assert {b["name"]: b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]} == {
+        "digits-stable": 100,
+        "digits-canary": 0,
+    }
+
+
+def test_without_a_gateway_nothing_of_it_is_made() -> None:
+    md, observed, _ = _running_canary({"canary": {"trafficPercent": 25}, "replicas": 4})
+    plan = decide.decide(md, observed, SETTINGS, T1)
+    assert not [m for m in plan.apply_new + plan.apply if m["kind"] == "HTTPRoute"]
+    assert [m["metadata"]["name"] for m in plan.apply_new if m["kind"] == "Service"] == ["digits"]
+    assert "route" not in plan.status
