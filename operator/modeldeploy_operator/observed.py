@@ -84,6 +84,9 @@ class PodState:
     """lastTransitionTime of the PodScheduled=False condition (RFC 3339) while the pod is unschedulable."""
     track: str = ""
     """"canary" on a canary Deployment's pods (spec.serving.canary), else ""."""
+    last_words: str = ""
+    """The last line a container said when it last ended (its termination message), e.g. why a server refused to
+    start; kept for a canary's rollback reason."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,7 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
     statuses = list(_get(obj, "status", "initContainerStatuses") or []) + list(
         _get(obj, "status", "containerStatuses") or []
     )
-    broken, waiting_reason, restarts, message, exit_reason = "", "", 0, None, ""
+    broken, waiting_reason, restarts, message, exit_reason, said = "", "", 0, None, "", ""
     for status in statuses:
         if not isinstance(status, Mapping):
             continue
@@ -210,6 +213,8 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
         ended = _get(status, "state", "terminated") or _get(status, "lastState", "terminated") or {}
         if ended.get("reason") not in (None, "Completed") and not exit_reason:
             exit_reason = str(ended["reason"])
+            lines = str(ended.get("message") or "").strip().splitlines()
+            said = lines[-1][:300] if lines else ""
         waiting = _get(status, "state", "waiting") or {}
         if waiting.get("reason") in BROKEN_WAITING_REASONS and not broken:
             waiting_reason = str(waiting["reason"])
@@ -245,6 +250,7 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
         last_exit_reason=exit_reason,
         waiting_reason=waiting_reason,
         track=labels.get(naming.LABEL_TRACK, ""),
+        last_words=said,
     )
 
 

@@ -256,8 +256,10 @@ def _verdict(
     if failing:
         first = failing[0]
         why = first.broken_reason or f"it restarted {first.restarts} time(s)"
-        last = f" (last exit: {first.last_exit_reason})" if first.last_exit_reason and not first.broken_reason else ""
-        return Problem("CanaryPodsFailing", f"canary pod {first.name}: {why}{last}")
+        if not first.broken_reason and first.last_exit_reason:
+            said = f": {first.last_words}" if first.last_words else ""
+            why += f" (last exit: {first.last_exit_reason}{said})"
+        return Problem("CanaryPodsFailing", f"canary pod {first.name}: {why}")
     limit = canary.get("maxErrorRate")
     if limit is not None and metrics is not None and metrics.requests and metrics.error_rate > float(limit):
         rate = f"{metrics.errors}/{metrics.requests} requests failed ({metrics.error_rate:.4f})"

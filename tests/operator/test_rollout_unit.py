@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from md_factories import OWNER_UID, deployment, make_md, serving_pod
 from modeldeploy_operator import builders, decide, naming, rollout
-from modeldeploy_operator.observed import CanaryMetrics, ChildState, DeploymentState, Observed, PodState
+from modeldeploy_operator.observed import CanaryMetrics, ChildState, DeploymentState, Observed, PodState, summarize_pod
 from modeldeploy_operator.settings import Settings
 
 SETTINGS = Settings()
@@ -393,3 +393,52 @@ def test_without_a_gateway_nothing_of_it_is_made() -> None:
     assert not [m for m in plan.apply_new + plan.apply if m["kind"] == "HTTPRoute"]
     assert [m["metadata"]["name"] for m in plan.apply_new if m["kind"] == "Service"] == ["digits"]
     assert "route" not in plan.status
+
+
+def test_a_canary_pod_that_restarted_once_is_a_rollback_that_quotes_its_last_words() -> None:
+    md, observed, _ = _running_canary({"canary": {"trafficPercent": 25}, "replicas": 4})
+    pod = summarize_pod(
+        {
+            "metadata": {
+                "name": "digits-canary-x",
+                "labels": {
+                    naming.LABEL_COMPONENT: "serving",
+                    naming.LABEL_VERSION: "vnew",
+                    naming.LABEL_TRACK: "canary",
+                },
+            },
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [
+                    {
+                        "name": "serving",
+                        "restartCount": 1,
+                        "state": {"running": {}},
+                        "lastState": {
+                            "terminated": {
+                                "reason": "Error",
+                                "message": "loading\nmodel.onnx: sha256 abc is not the card's def",
+                            }
+                        },
+                    }
+                ],
+            },
+        }
+    )
+    plan = decide.decide(md, replace(observed, pods=(pod,)), SETTINGS, T1)
+    assert plan.status["canary"]["reason"] == "CanaryPodsFailing"
+    assert plan.status["canary"]["message"] == (
+        "canary pod digits-canary-x: it restarted 1 time(s) "
+        "(last exit: Error: model.onnx: sha256 abc is not the card's def)"
+    )
+
+
+def test_with_autoscaling_the_hpa_keeps_the_stable_count_and_the_canary_adds_its_share() -> None:
+    serving = {"canary": {"trafficPercent": 25}, "autoscaling": {"minReplicas": 2, "maxReplicas": 10}}
+    md = _md(serving)
+    hpa_scaled = replace(deployment("whatever", "vold", 8), name="digits")
+    plan = decide.decide(md, _observed(deployment=hpa_scaled), SETTINGS, T0)
+    deps = _deployments(plan)
+    assert "replicas" not in deps["digits"]["spec"]  # the HPA's
+    assert deps["digits-canary"]["spec"]["replicas"] == 2  # 25% of the HPA's 8
