@@ -180,6 +180,17 @@ def controller_description(obj: Mapping[str, Any]) -> str:
     return "it has no controller owner reference (it was not made by this operator for this ModelDeployment)"
 
 
+_ERROR_WORDS = ("ERROR", "CRITICAL", "FATAL", "Error", "error")
+
+
+def telling_line(message: str) -> str:
+    """The line of a container's last words that says why it ended: the last one that reports an error (a server
+    logs why it cannot serve, then that it stopped), else the last one; at most 300 characters."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if any(word in line for word in _ERROR_WORDS)]
+    return (errors or lines or [""])[-1][:300]
+
+
 def summarize_job(obj: Mapping[str, Any]) -> JobState:
     if _is_true(obj, "Complete") or _is_true(obj, "SuccessCriteriaMet"):
         outcome, message = "Succeeded", ""
@@ -213,8 +224,7 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
         ended = _get(status, "state", "terminated") or _get(status, "lastState", "terminated") or {}
         if ended.get("reason") not in (None, "Completed") and not exit_reason:
             exit_reason = str(ended["reason"])
-            lines = str(ended.get("message") or "").strip().splitlines()
-            said = lines[-1][:300] if lines else ""
+            said = telling_line(str(ended.get("message") or ""))
         waiting = _get(status, "state", "waiting") or {}
         if waiting.get("reason") in BROKEN_WAITING_REASONS and not broken:
             waiting_reason = str(waiting["reason"])

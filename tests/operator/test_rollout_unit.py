@@ -418,7 +418,10 @@ def test_a_canary_pod_that_restarted_once_is_a_rollback_that_quotes_its_last_wor
                         "lastState": {
                             "terminated": {
                                 "reason": "Error",
-                                "message": "loading\nmodel.onnx: sha256 abc is not the card's def",
+                                "message": (
+                                    "INFO loading\nERROR cannot serve /models/digits/vnew: model.onnx's sha256 "
+                                    "is not the card's\nINFO modeldeploy_serving.server: stopped\n"
+                                ),
                             }
                         },
                     }
@@ -430,7 +433,7 @@ def test_a_canary_pod_that_restarted_once_is_a_rollback_that_quotes_its_last_wor
     assert plan.status["canary"]["reason"] == "CanaryPodsFailing"
     assert plan.status["canary"]["message"] == (
         "canary pod digits-canary-x: it restarted 1 time(s) "
-        "(last exit: Error: model.onnx: sha256 abc is not the card's def)"
+        "(last exit: Error: ERROR cannot serve /models/digits/vnew: model.onnx's sha256 is not the card's)"
     )
 
 
