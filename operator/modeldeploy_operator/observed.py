@@ -5,6 +5,7 @@ The watches keep these small summaries in memory, so a reconcile reads no object
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,14 +181,15 @@ def controller_description(obj: Mapping[str, Any]) -> str:
     return "it has no controller owner reference (it was not made by this operator for this ModelDeployment)"
 
 
-_ERROR_WORDS = ("ERROR", "CRITICAL", "FATAL", "Error", "error")
+# A log line at one of these levels (a word of its own, in capitals: "uvicorn.error" is a logger's name, not a level).
+_ERROR_LEVEL = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b")
 
 
 def telling_line(message: str) -> str:
-    """The line of a container's last words that says why it ended: the last one that reports an error (a server
+    """The line of a container's last words that says why it ended: the last one logged at an error level (a server
     logs why it cannot serve, then that it stopped), else the last one; at most 300 characters."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    errors = [line for line in lines if any(word in line for word in _ERROR_WORDS)]
+    errors = [line for line in lines if _ERROR_LEVEL.search(line)]
     return (errors or lines or [""])[-1][:300]
 
 

@@ -420,7 +420,7 @@ def test_a_canary_pod_that_restarted_once_is_a_rollback_that_quotes_its_last_wor
                                 "reason": "Error",
                                 "message": (
                                     "INFO loading\nERROR cannot serve /models/digits/vnew: model.onnx's sha256 "
-                                    "is not the card's\nINFO modeldeploy_serving.server: stopped\n"
+                                    "is not the card's\nINFO uvicorn.error: Finished server process [1]\n"
                                 ),
                             }
                         },
