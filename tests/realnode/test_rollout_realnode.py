@@ -169,6 +169,7 @@ def test_a_canary_whose_pods_crash_is_rolled_back_while_the_stable_version_serve
     print(f"\ncrashing canary: {rolled_back['reason']}: {rolled_back['message']}; {total} requests, "
           f"{len(load.failures)} failed, versions answering: {load.versions}")  # fmt: skip
     assert rolled_back["version"] == new.name and rolled_back["reason"] == "CanaryPodsFailing"
+    assert "cannot serve" in rolled_back["message"]  # the server's own reason, from its termination message
     assert status["phase"] == "Degraded" and status["modelVersion"] == first
     stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "CanaryRolledBack"
