@@ -300,10 +300,13 @@ def is_autoscaled(spec: dict[str, Any]) -> bool:
     return isinstance(autoscaling, dict) and bool(autoscaling.get("enabled", True))
 
 
-def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def build_deployment(
+    md: dict[str, Any], served: dict[str, Any], settings: Settings, *, replicas: int | None = None
+) -> dict[str, Any]:
     """The inference Deployment serving the version `served` ({"version", "path"}) with the current serving spec.
 
-    With autoscaling on, `replicas` is left out: the HPA owns it and the operator never writes it back.
+    With autoscaling on, `replicas` is left out: the HPA owns it and the operator never writes it back. `replicas`
+    replaces spec.serving.replicas while a canary runs beside it (the stable share).
     """
     spec = md["spec"]
     model = md["metadata"]["name"]
@@ -403,6 +406,8 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
                     **naming.base_labels(model, naming.COMPONENT_SERVING),
                     **selector,
                     naming.LABEL_VERSION: version,
+                    # Only with a Gateway: its Services tell the tracks apart (a canary's pods say canary).
+                    **({naming.LABEL_TRACK: naming.TRACK_STABLE} if serving.get("gateway") else {}),
                 },
                 "annotations": dict(serving.get("podAnnotations") or {}),
             },
@@ -410,9 +415,28 @@ def build_deployment(md: dict[str, Any], served: dict[str, Any], settings: Setti
         },
     }
     if not is_autoscaled(spec):
-        deployment_spec["replicas"] = int(serving.get("replicas", 1))
+        deployment_spec["replicas"] = int(serving.get("replicas", 1)) if replicas is None else replicas
     metadata = _metadata(md, naming.serving_name(model), naming.COMPONENT_SERVING, **{naming.LABEL_VERSION: version})
     return _stamp({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": deployment_spec})
+
+
+def build_canary_deployment(
+    md: dict[str, Any], canary: dict[str, Any], settings: Settings, replicas: int
+) -> dict[str, Any]:
+    """The canary Deployment: the main one's pods serving version `canary`, `replicas` of them, beside the stable
+    ones. Its pods keep the main selector's labels, so the model's one Service sends them their replica share of
+    the traffic (no mesh); the track label keeps them apart from the main Deployment's own ReplicaSets."""
+    model = md["metadata"]["name"]
+    manifest = build_deployment(md, canary, settings, replicas=replicas)
+    manifest["metadata"]["annotations"].pop(naming.ANNOTATION_CONFIG_HASH, None)
+    manifest["metadata"]["name"] = naming.canary_name(model)
+    manifest["metadata"]["labels"][naming.LABEL_TRACK] = naming.TRACK_CANARY
+    selector = {**naming.serving_selector(model), naming.LABEL_TRACK: naming.TRACK_CANARY}
+    manifest["spec"]["selector"] = {"matchLabels": selector}
+    manifest["spec"]["template"]["metadata"]["labels"][naming.LABEL_TRACK] = naming.TRACK_CANARY
+    manifest["spec"]["replicas"] = replicas  # the HPA scales the main Deployment only
+    manifest["spec"]["revisionHistoryLimit"] = 1
+    return _stamp(manifest)
 
 
 # Where the serving container finds the user's Secrets (docs/contracts/serving.md).
@@ -654,5 +678,56 @@ def build_pdb(md: dict[str, Any]) -> dict[str, Any] | None:
                 # A pod that never got Ready (a failed fetch) may be evicted: it serves nothing to protect.
                 "unhealthyPodEvictionPolicy": "AlwaysAllow",
             },
+        }
+    )
+
+
+GATEWAY_GROUP: Final = "gateway.networking.k8s.io"
+
+
+def build_track_service(md: dict[str, Any], track: str) -> dict[str, Any]:
+    """The HTTP Service of one track's pods (stable or canary), a weighted backend of the HTTPRoute."""
+    model = md["metadata"]["name"]
+    port = int((md["spec"].get("serving") or {}).get("port", 8080))
+    return _stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _metadata(md, naming.track_service_name(model, track), naming.COMPONENT_SERVING),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {**naming.serving_selector(model), naming.LABEL_TRACK: track},
+                "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+            },
+        }
+    )
+
+
+def build_http_route(md: dict[str, Any], canary_percent: int) -> dict[str, Any] | None:
+    """The HTTPRoute through the Gateway that spec.serving.gateway names (None without one): the stable and canary
+    Services with exact weights, `canary_percent` of the requests to the canary (0 while none runs)."""
+    serving = md["spec"].get("serving") or {}
+    gateway = serving.get("gateway")
+    if not gateway:
+        return None
+    model = md["metadata"]["name"]
+    port = int(serving.get("port", 8080))
+    parent: dict[str, Any] = {"group": GATEWAY_GROUP, "kind": "Gateway", "name": gateway["name"]}
+    for key in ("namespace", "sectionName"):
+        if gateway.get(key):
+            parent[key] = gateway[key]
+    backends = [
+        {"name": naming.track_service_name(model, track), "port": port, "weight": weight}
+        for track, weight in ((naming.TRACK_STABLE, 100 - canary_percent), (naming.TRACK_CANARY, canary_percent))
+    ]
+    spec: dict[str, Any] = {"parentRefs": [parent], "rules": [{"backendRefs": backends}]}
+    if gateway.get("hostnames"):
+        spec["hostnames"] = list(gateway["hostnames"])
+    return _stamp(
+        {
+            "apiVersion": f"{GATEWAY_GROUP}/v1",
+            "kind": "HTTPRoute",
+            "metadata": _metadata(md, naming.serving_name(model), naming.COMPONENT_SERVING),
+            "spec": spec,
         }
     )

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from modeldeploy import contracts
 from modeldeploy.spec import apply_defaults, spec_schema
-from modeldeploy_operator import builders, drift, naming
+from modeldeploy_operator import builders, drift, naming, rollout
 from modeldeploy_operator.observed import ChildState, DeploymentState, Observed, PodState
 from modeldeploy_operator.settings import Settings
 
@@ -369,7 +369,10 @@ def _retained(
 
 
 def _is_rolled_out(observed: Observed, desired_hash: str, desired: int, version: str) -> bool:
-    dep = observed.deployment
+    return _deployment_rolled_out(observed.deployment, desired_hash, desired, version)
+
+
+def _deployment_rolled_out(dep: DeploymentState | None, desired_hash: str, desired: int, version: str) -> bool:
     return bool(
         dep is not None
         and dep.config_hash == desired_hash
@@ -421,10 +424,39 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
             full, spec=spec, observed=observed, versions=versions, plan=plan, settings=settings, now=now
         )
     target = training.target
-    served = target or next((v for v in versions if v.get("version") == old.get("modelVersion")), None)
+    # Serving: the current spec's version when trained, else keep serving what was served; a pin or a canary
+    # (spec.serving.modelVersion, spec.serving.canary) chooses among the retained versions (rollout.py).
+    autoscaled = builders.is_autoscaled(spec)
+    dep = observed.deployment
+    desired = int(spec["serving"].get("replicas", 1))
+    if autoscaled:
+        desired = dep.desired if dep is not None else int(spec["serving"]["autoscaling"].get("minReplicas", 1))
+    canary_pods = [
+        p for p in observed.pods if p.component == naming.COMPONENT_SERVING and p.track == naming.TRACK_CANARY
+    ]
+    choice = rollout.choose_serving(
+        spec,
+        target=target,
+        versions=versions,
+        old_status=old,
+        total_replicas=desired,
+        canary_deployment=observed.canary,
+        canary_pods=canary_pods,
+        metrics=observed.canary_metrics,
+        now=now,
+    )
+    served = choice.stable
+    for kind, reason, message in choice.notes:
+        plan.notices.append(Event(kind, reason, message))
+    if choice.requeue_after:
+        plan.requeue_after = (
+            min(plan.requeue_after, choice.requeue_after) if plan.requeue_after else choice.requeue_after
+        )
 
-    # Retention: the newest retainVersions versions stay (their Jobs and artifacts), plus whatever is served.
-    pinned = {str(v["version"]) for v in (target, served) if v}
+    # Retention: the newest retainVersions versions stay (their Jobs and artifacts), plus whatever is served,
+    # pinned or canaried.
+    pinned = {str(v["version"]) for v in (target, served, choice.canary) if v}
+    pinned |= {str(spec["serving"]["modelVersion"])} if spec["serving"].get("modelVersion") else set()
     # Pods of a previous version may still be serving from its directory until the rollout is done.
     pinned |= {p.version for p in observed.pods if p.component == naming.COMPONENT_SERVING and p.version}
     versions, dropped = _retained(versions, int(spec.get("retainVersions", 3)), pinned)
@@ -442,15 +474,25 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
     if doomed and not builders.storage_uri(spec):  # versions in object storage stay (docs/object-storage.md)
         plan.create.append(builders.build_cleanup_job(full, doomed, settings))
 
-    # Serving: the current spec's version when trained, else keep serving what was served.
-    autoscaled = builders.is_autoscaled(spec)
     deployment_hash = ""
-    dep = observed.deployment
+    stable_desired = desired if autoscaled or choice.stable_replicas is None else choice.stable_replicas
     if served is not None:
-        deployment = builders.build_deployment(full, served, settings)
+        stable_replicas = None if autoscaled else choice.stable_replicas
+        deployment = builders.build_deployment(full, served, settings, replicas=stable_replicas)
         deployment_hash = deployment["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH]
         _hold(plan, deployment, dep, blocked_by)
         _hold(plan, builders.build_service(full), observed.service, blocked_by)
+    canary_rolled = True
+    if served is not None and choice.canary is not None:
+        canary = builders.build_canary_deployment(full, choice.canary, settings, choice.canary_replicas)
+        canary_hash = canary["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH]
+        _hold(plan, canary, observed.canary, blocked_by)
+        canary_rolled = _deployment_rolled_out(
+            observed.canary, canary_hash, choice.canary_replicas, str(choice.canary["version"])
+        )
+    route_status = _hold_gateway(
+        plan, full, old=old, observed=observed, choice=choice, served=served, blocked_by=blocked_by
+    )
     hpa = builders.build_hpa(full)
     if hpa is not None and served is not None:
         _hold(plan, hpa, observed.hpa, blocked_by)
@@ -473,13 +515,25 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
             plan.apply.append(claim_metadata(claim))
             plan.drifted.append(f"{claim['kind']} {claim['metadata']['name']} at {where}")
 
-    desired = int(spec["serving"].get("replicas", 1))
-    if autoscaled:
-        desired = dep.desired if dep is not None else int(spec["serving"]["autoscaling"].get("minReplicas", 1))
     serving_pods = [p for p in observed.pods if p.component == naming.COMPONENT_SERVING and not p.deleting]
-    broken = [p for p in serving_pods if p.broken_reason]
+    # A canary's failing pods are the canary's verdict (a rollback), not the stable version's degradation.
+    broken = [p for p in serving_pods if p.broken_reason and p.track != naming.TRACK_CANARY]
     pending = [p for p in serving_pods if p.phase == "Pending"]
-    rolled = target is not None and _is_rolled_out(observed, deployment_hash, desired, str(target["version"]))
+    rolled = (
+        target is not None
+        and served is not None
+        and _is_rolled_out(observed, deployment_hash, stable_desired, str(served["version"]))
+    )
+    canary_dep = observed.canary
+    if canary_dep is not None and canary_dep.controller_uid == uid and choice.canary is None and canary_dep.desired:
+        # A promoted canary's pods serve until the main Deployment has rolled to their version; a rolled-back or
+        # unwanted one stops at once. Scaled to zero rather than deleted: the next canary reuses it, and the
+        # operator needs no right to delete Deployments.
+        promoted = (choice.status or {}).get("state") == rollout.STATE_PROMOTED
+        if rolled or not promoted or canary_dep.model_version != str(served["version"] if served else ""):
+            plan.patch.append(("Deployment", canary_dep.name, {"spec": {"replicas": 0}}))
+    if rolled and not canary_rolled:
+        rolled = False
     available = dep is not None and dep.available_condition and dep.available > 0
     degraded_message = ""
     if broken:
@@ -488,8 +542,14 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
         degraded_message += f" ({first.restarts} restarts)" if first.restarts else ""
     elif dep is not None and dep.deadline_exceeded:
         degraded_message = f"Deployment {dep.name} exceeded its progress deadline"
+    degraded_reason = "PodsFailing" if broken else ("ProgressDeadlineExceeded" if degraded_message else "AsExpected")
+    if choice.problem is not None and not degraded_message:
+        degraded_message, degraded_reason = choice.problem.message, choice.problem.reason
     failed = training.state == "Failed"
     ready_count = dep.ready if dep is not None else 0
+    if choice.canary is not None and observed.canary is not None:
+        ready_count += observed.canary.ready
+        desired = stable_desired + choice.canary_replicas
 
     if failed:
         phase = PHASE_FAILED
@@ -497,7 +557,7 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
         phase = PHASE_DEGRADED
     elif target is None:
         phase = PHASE_TRAINING if observed.jobs or plan.create else PHASE_PENDING
-    elif not rolled:
+    elif not rolled or choice.canary is not None:
         phase = PHASE_DEPLOYING
     else:
         phase = PHASE_READY
@@ -517,14 +577,10 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
             f"{ready_count}/{desired} serving replicas ready" if dep is not None else "no inference Deployment yet",
         ),
         _progressing_condition(phase, training, rolled=rolled, pending=pending, ready=ready_count, desired=desired),
-        _condition(
-            "Degraded",
-            bool(degraded_message),
-            "PodsFailing" if broken else ("ProgressDeadlineExceeded" if degraded_message else "AsExpected"),
-            degraded_message or "no failures",
-        ),
+        _condition("Degraded", bool(degraded_message), degraded_reason, degraded_message or "no failures"),
         _ready_condition(phase, training, ready=ready_count, desired=desired, served=served, degraded=degraded_message),
     ]
+    _rollout_conditions(conditions, choice, phase, degraded_reason)
     plan.phase = phase
     plan.raw_conditions = conditions
     status: dict[str, Any] = {
@@ -543,6 +599,12 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
         status["modelVersion"] = served["version"]
         status["modelPath"] = served.get("path")
         status["endpoint"] = f"http://{naming.serving_name(model)}.{namespace}.svc:{spec['serving']['port']}"
+    if route_status:
+        status["route"] = route_status
+    if choice.pinned:
+        status["pinned"] = True
+    if choice.status is not None:
+        status["canary"] = choice.status
     if target is not None:
         status["training"] = _training_status(target)
         status["compression"] = _compression_status(target, spec)
@@ -561,6 +623,55 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
     plan.status = status
     finish(md, plan, now, plan.blocker)
     return plan
+
+
+def _hold_gateway(
+    plan: Plan,
+    full: dict[str, Any],
+    *,
+    old: dict[str, Any],
+    observed: Observed,
+    choice: rollout.Serving,
+    served: dict[str, Any] | None,
+    blocked_by: Callable[[str, Any], bool],
+) -> dict[str, Any]:
+    """spec.serving.gateway: the tracks' Services and the HTTPRoute with exact weights; its status.route entry.
+
+    No watch sees HTTPRoutes (the Gateway API may not be installed: a watch of a missing resource would stall the
+    operator's startup), so the route is applied when what it should be changed since the last successful apply
+    (status.route.configHash), not on drift.
+    """
+    if served is None or not full["spec"]["serving"].get("gateway"):
+        return {}
+    for track in (naming.TRACK_STABLE, naming.TRACK_CANARY):
+        service = builders.build_track_service(full, track)
+        child = next((s for s in observed.track_services if s.name == service["metadata"]["name"]), None)
+        _hold(plan, service, child, blocked_by)
+    percent = int(full["spec"]["serving"]["canary"]["trafficPercent"]) if choice.canary is not None else 0
+    route = builders.build_http_route(full, percent)
+    if route is None:
+        return {}
+    digest = route["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH]
+    if (old.get("route") or {}).get("configHash") != digest:
+        plan.apply_new.append(route)
+    return {"name": route["metadata"]["name"], "canaryWeight": percent, "configHash": digest}
+
+
+def _rollout_conditions(
+    conditions: list[dict[str, Any]], choice: rollout.Serving, phase: str, degraded_reason: str
+) -> None:
+    """What a pin or a canary adds to the conditions: a running canary is progress (not Ready yet), a rolled-back
+    one or a pin of a version that is not retained is Degraded with its reason (kstatus and Argo CD read these)."""
+    by_type = {c["type"]: c for c in conditions}
+    ready, progressing = by_type["Ready"], by_type["Progressing"]
+    if phase == PHASE_DEGRADED:
+        ready["reason"] = degraded_reason if choice.problem is not None else ready["reason"]
+        return
+    if choice.canary is not None and phase in (PHASE_DEPLOYING, PHASE_READY):
+        progressing.update(status="True", reason="CanaryInProgress", message=choice.progress)
+        ready.update(status="False", reason="CanaryInProgress", message=choice.progress)
+    elif choice.pinned and ready["status"] == "True":
+        ready["message"] = ready["message"].replace(":", " (pinned: spec.serving.modelVersion):", 1)
 
 
 def finish(md: dict[str, Any], plan: Plan, now: str, blocker: Blocker | None) -> None:

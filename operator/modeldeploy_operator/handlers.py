@@ -65,7 +65,8 @@ async def deployment_index(
     namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, observed.DeploymentState]:
     parent = _parent(namespace, labels)
-    return {parent: observed.summarize_deployment(body)} if parent and parent[1] == name else {}
+    wanted = parent is not None and name in (parent[1], naming.canary_name(parent[1]))
+    return {parent: observed.summarize_deployment(body)} if parent and wanted else {}
 
 
 @kopf.index("v1", "services", labels=OURS)
@@ -73,7 +74,9 @@ async def service_index(
     namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, observed.ChildState]:
     parent = _parent(namespace, labels)
-    return {parent: observed.summarize_child(body)} if parent and parent[1] == name else {}
+    tracks = (naming.TRACK_STABLE, naming.TRACK_CANARY)
+    wanted = parent is not None and name in (parent[1], *(naming.track_service_name(parent[1], t) for t in tracks))
+    return {parent: observed.summarize_child(body)} if parent and wanted else {}
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OURS)

@@ -17,6 +17,10 @@ LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
 LABEL_MODEL: Final = "modeldeploy.dev/model"
 LABEL_SPEC_HASH: Final = "modeldeploy.dev/spec-hash"
 LABEL_VERSION: Final = "modeldeploy.dev/model-version"
+# Only on a canary's pods (spec.serving.canary): the stable pods carry none, so adding canaries rolled no pod.
+LABEL_TRACK: Final = "modeldeploy.dev/track"
+TRACK_CANARY: Final = "canary"
+TRACK_STABLE: Final = "stable"
 
 ANNOTATION_GENERATION: Final = "modeldeploy.dev/generation"
 ANNOTATION_CONFIG_HASH: Final = "modeldeploy.dev/config-hash"
@@ -55,6 +59,16 @@ def cleanup_job_name(model: str, versions: list[str]) -> str:
 def serving_name(model: str) -> str:
     """The Deployment, the Service and the HPA share the ModelDeployment's name (the Service's DNS name)."""
     return model
+
+
+def canary_name(model: str) -> str:
+    """The canary Deployment beside the main one (spec.serving.canary); the one Service selects both."""
+    return f"{model}-canary"
+
+
+def track_service_name(model: str, track: str) -> str:
+    """The Service of one track (spec.serving.gateway): the HTTPRoute's weighted backends."""
+    return f"{model}-{track}"
 
 
 def base_labels(model: str, component: str) -> dict[str, str]:

@@ -5,6 +5,7 @@ The watches keep these small summaries in memory, so a reconcile reads no object
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,11 @@ class PodState:
     """The waiting reason that makes the pod broken (ImagePullBackOff, CrashLoopBackOff...), else ""."""
     unschedulable_since: str = ""
     """lastTransitionTime of the PodScheduled=False condition (RFC 3339) while the pod is unschedulable."""
+    track: str = ""
+    """"canary" on a canary Deployment's pods (spec.serving.canary), else ""."""
+    last_words: str = ""
+    """The last line a container said when it last ended (its termination message), e.g. why a server refused to
+    start; kept for a canary's rollback reason."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,18 @@ class ChildState:
 
 
 @dataclass(frozen=True)
+class CanaryMetrics:
+    """What the canary's serving pods counted since they started (their /metrics): requests and failed ones."""
+
+    requests: int
+    errors: int
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything the watches know about one ModelDeployment's children."""
 
@@ -128,6 +146,12 @@ class Observed:
     claim: ChildState | None = None
     network_policy: ChildState | None = None
     pdb: ChildState | None = None
+    canary: DeploymentState | None = None
+    """The canary Deployment (naming.canary_name), while spec.serving.canary runs one."""
+    track_services: tuple[ChildState, ...] = ()
+    """The stable and canary tracks' Services (spec.serving.gateway)."""
+    canary_metrics: CanaryMetrics | None = None
+    """The canary pods' request counts, read by the runtime while a canary's error rate is watched."""
 
     def job(self, name: str) -> JobState | None:
         return next((job for job in self.jobs if job.name == name), None)
@@ -157,6 +181,18 @@ def controller_description(obj: Mapping[str, Any]) -> str:
     return "it has no controller owner reference (it was not made by this operator for this ModelDeployment)"
 
 
+# A log line at one of these levels (a word of its own, in capitals: "uvicorn.error" is a logger's name, not a level).
+_ERROR_LEVEL = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b")
+
+
+def telling_line(message: str) -> str:
+    """The line of a container's last words that says why it ended: the last one logged at an error level (a server
+    logs why it cannot serve, then that it stopped), else the last one; at most 300 characters."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if _ERROR_LEVEL.search(line)]
+    return (errors or lines or [""])[-1][:300]
+
+
 def summarize_job(obj: Mapping[str, Any]) -> JobState:
     if _is_true(obj, "Complete") or _is_true(obj, "SuccessCriteriaMet"):
         outcome, message = "Succeeded", ""
@@ -182,7 +218,7 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
     statuses = list(_get(obj, "status", "initContainerStatuses") or []) + list(
         _get(obj, "status", "containerStatuses") or []
     )
-    broken, waiting_reason, restarts, message, exit_reason = "", "", 0, None, ""
+    broken, waiting_reason, restarts, message, exit_reason, said = "", "", 0, None, "", ""
     for status in statuses:
         if not isinstance(status, Mapping):
             continue
@@ -190,6 +226,7 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
         ended = _get(status, "state", "terminated") or _get(status, "lastState", "terminated") or {}
         if ended.get("reason") not in (None, "Completed") and not exit_reason:
             exit_reason = str(ended["reason"])
+            said = telling_line(str(ended.get("message") or ""))
         waiting = _get(status, "state", "waiting") or {}
         if waiting.get("reason") in BROKEN_WAITING_REASONS and not broken:
             waiting_reason = str(waiting["reason"])
@@ -224,6 +261,8 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
         version=labels.get(naming.LABEL_VERSION, ""),
         last_exit_reason=exit_reason,
         waiting_reason=waiting_reason,
+        track=labels.get(naming.LABEL_TRACK, ""),
+        last_words=said,
     )
 
 

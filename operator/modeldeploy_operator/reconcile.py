@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from modeldeploy_operator import builders
+from modeldeploy_operator import builders, naming, rollout
 from modeldeploy_operator import decide as deciding
-from modeldeploy_operator.observed import Observed, controller_description, controller_uid
+from modeldeploy_operator.observed import CanaryMetrics, Observed, controller_description, controller_uid
 from modeldeploy_operator.settings import Settings
 from modeldeploy_operator.storage import FencedError, Kube, NotFoundError, StorageError, TransientError
 
@@ -40,6 +40,31 @@ def _is_final(err: StorageError) -> bool:
     return not isinstance(err, TransientError | NotFoundError | FencedError)
 
 
+def _with_canary_metrics(kube: Kube, md: dict[str, Any], observed: Observed) -> Observed:
+    """While a canary's error rate is watched (spec.serving.canary.maxErrorRate), its serving pods' request counts,
+    read from their /metrics through the API server. A pod that cannot be read leaves the rate unknown (None):
+    the decision then neither promotes nor rolls back on the rate until the window ends."""
+    version = rollout.wants_metrics(md)
+    pods = [
+        p
+        for p in observed.pods
+        if version and p.track == naming.TRACK_CANARY and p.version == version and p.ready and not p.deleting
+    ]
+    if not pods:
+        return observed
+    namespace = md["metadata"]["namespace"]
+    port = int(((md.get("spec") or {}).get("serving") or {}).get("port", 8080))
+    requests = errors = 0
+    for pod in pods:
+        try:
+            counts = rollout.request_counts(kube.read_pod_text(namespace, pod.name, port, "/metrics"))
+        except (StorageError, ValueError) as err:
+            logger.info("%s/%s: canary pod %s's metrics unread: %s", namespace, md["metadata"]["name"], pod.name, err)
+            return observed
+        requests, errors = requests + counts.requests, errors + counts.errors
+    return replace(observed, canary_metrics=CanaryMetrics(requests=requests, errors=errors))
+
+
 def reconcile(kube: Kube, md: dict[str, Any], observed: Observed, settings: Settings) -> Outcome:
     """Bring the children to the spec and write the status; safe to run again at any point (idempotent).
 
@@ -48,6 +73,7 @@ def reconcile(kube: Kube, md: dict[str, Any], observed: Observed, settings: Sett
     errors propagate, and the runtime retries with backoff.
     """
     now = now_rfc3339()
+    observed = _with_canary_metrics(kube, md, observed)
     plan = deciding.decide(md, observed, settings, now)
     outcome = Outcome()
     namespace = md["metadata"]["namespace"]
@@ -119,12 +145,25 @@ def reconcile(kube: Kube, md: dict[str, Any], observed: Observed, settings: Sett
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         try:
             if any(manifest is new for new in plan.apply_new) and foreign(kind, name):
+                if kind == "HTTPRoute":
+                    plan.status.pop("route", None)
                 continue
             kube.apply(manifest)
             outcome.writes.append(f"applied {kind} {name}")
+        except NotFoundError as err:
+            if kind != "HTTPRoute":
+                raise
+            # Not a transient 404: the Gateway API is not installed. Said in the status, tried again with backoff.
+            plan.status.pop("route", None)
+            missing = "the Gateway API (gateway.networking.k8s.io/v1 HTTPRoute) is not installed in this cluster"
+            hint = "install its CRDs and a Gateway controller, or remove spec.serving.gateway"
+            blocker = blocker or deciding.Blocker("GatewayAPIMissing", f"apply HTTPRoute {name}: {missing}; {hint}")
+            logger.warning("%s/%s: %s (%s)", namespace, md["metadata"]["name"], missing, err)
         except StorageError as err:
             if not _is_final(err):
                 raise
+            if kind == "HTTPRoute":
+                plan.status.pop("route", None)  # applied again next time
             refused("apply", kind, name, err)
     if blocker is not plan.blocker:
         deciding.finish(md, plan, now, blocker)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modeldeploy_operator import decide
+from modeldeploy_operator import decide, naming
 from modeldeploy_operator.builders import build_event
 from modeldeploy_operator.observed import ChildState, DeploymentState, JobState, Observed, PodState
 from modeldeploy_operator.reconcile import reconcile
@@ -78,8 +78,10 @@ class Runtime:
         observed = Observed(
             jobs=tuple(jobs),
             pods=tuple(pods),
-            deployment=deployments[0] if deployments else None,
-            service=services[0] if services else None,
+            deployment=next((d for d in deployments if d.name == key[1]), None),
+            canary=next((d for d in deployments if d.name == naming.canary_name(key[1])), None),
+            service=next((s for s in services if s.name == key[1]), None),
+            track_services=tuple(s for s in services if s.name != key[1]),
             hpa=hpas[0] if hpas else None,
             claim=claims[0] if claims else None,
             network_policy=policies[0] if policies else None,

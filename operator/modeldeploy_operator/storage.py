@@ -26,6 +26,7 @@ PATHS: Final[dict[str, tuple[str, str]]] = {
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     "Event": ("/apis/events.k8s.io/v1", "events"),
     "ModelDeployment": (f"/apis/{GROUP}/{VERSION}", PLURAL),
@@ -107,12 +108,25 @@ class Kube:
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
+        if method != "GET" and not self.may_write():
+            raise FencedError(f"{method} {path}: refused, this process no longer holds the leader Lease")
+        status, data, headers = self._call(method, path, body=body, query=query, content_type=content_type)
+        return self._parsed(method, path, status, data or b"{}", headers)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+    ) -> tuple[int, bytes, Any]:
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 (kept off the import path)
         from urllib3.exceptions import HTTPError  # noqa: PLC0415
 
-        if method != "GET" and not self.may_write():
-            raise FencedError(f"{method} {path}: refused, this process no longer holds the leader Lease")
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": accept, "Content-Type": content_type}
         # The client serializes a dict for JSON content types; an apply patch (YAML) must be given as text.
         payload = body if body is None or "json" in content_type else json.dumps(body)
         params = list((query or {}).items())
@@ -130,12 +144,27 @@ class Kube:
             )
             response.read()
             status = int(response.status)
-            data = response.data or b"{}"
+            data = bytes(response.data or b"")
             headers = response.getheaders() if hasattr(response, "getheaders") else {}
         except ApiException as err:
             raise TransientError(f"{method} {path}: {err.reason}", 0) from err
         except (OSError, HTTPError) as err:
             raise TransientError(f"{method} {path}: {err}") from err
+        return status, data, headers
+
+    def read_pod_text(self, namespace: str, pod: str, port: int, path: str, max_bytes: int = 1 << 20) -> str:
+        """GET `path` on a pod's port through the API server (pods/proxy): the serving pods' /metrics, read without
+        a route from the operator to the pod network. Raises StorageError when it cannot be read whole."""
+        where = f"{self.path('Pod', namespace, f'{pod}:{port}', 'proxy')}/{path.lstrip('/')}"
+        status, data, headers = self._call("GET", where, accept="text/plain")
+        if not 200 <= status < 300:
+            self._parsed("GET", where, status, data, headers)
+        if len(data) > max_bytes:
+            raise StorageError(f"GET {where}: answer over {max_bytes} bytes", status)
+        return data.decode(errors="replace")
+
+    def _parsed(self, method: str, path: str, status: int, data: bytes, headers: Any) -> dict[str, Any]:
+        """The JSON answer of a 2xx; an exception of the kind the status says otherwise."""
         try:
             parsed = json.loads(data) if data else {}
         except json.JSONDecodeError:

@@ -33,7 +33,8 @@ def _as_yaml(objects: Any) -> str:
 def installed(kubectl: Any) -> None:
     """The CRD and the RBAC part of manifests/ applied for real (the Deployment is not: this test runs the operator)."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
-    wait_crd_established(lambda *a: str(kubectl(*a).stdout))
+    # check=False: before the CRD has conditions, kubectl's jsonpath filter fails outright ("not array"): not yet.
+    wait_crd_established(lambda *a: str(kubectl(*a, check=False).stdout))
     rbac = [o for o in build() if o["kind"] in RBAC_KINDS]
     kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=_as_yaml(rbac))
 
@@ -157,6 +158,8 @@ def test_the_operator_with_only_its_role_takes_a_sample_to_ready(
         (("patch", "modeldeployments.modeldeploy.dev", "--subresource=status", "-n", "team-a"), True),
         (("create", "jobs.batch", "-n", "team-a"), True),
         (("patch", "deployments.apps", "-n", "team-a"), True),
+        (("get", "pods", "--subresource=proxy", "-n", "team-a"), True),  # a canary's /metrics
+        (("create", "pods", "--subresource=proxy", "-n", "team-a"), False),
         (("update", "leases.coordination.k8s.io/modeldeploy-operator", "-n", SYSTEM_NS), True),
         # no Secrets, anywhere
         (("get", "secrets", "-n", "team-a"), False),

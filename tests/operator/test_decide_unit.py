@@ -62,6 +62,7 @@ def test_succeeded_job_records_the_report_and_deploys_that_version() -> None:
     short = naming.short_spec_hash(md["spec"])
     assert plan.status["modelVersion"] == f"v{short}"
     assert plan.status["versions"][0]["path"] == f"digits/v{short}"
+    assert plan.status["endpoint"] == "http://digits.ns.svc:8080"
     assert plan.status["compression"]["quantization"] == "dynamic-uint8"
     assert plan.status["compression"]["accuracy"] == 0.95
     assert _kinds(plan.apply_new) == ["Deployment", "Service", "NetworkPolicy"]

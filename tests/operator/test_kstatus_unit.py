@@ -83,8 +83,23 @@ def _phases() -> dict[str, dict[str, Any]]:
         }
     )
     out["ImagePullBackOff"] = _object(md, decide.decide(md, Observed(jobs=(job(md),), pods=(pull,)), SETTINGS, NOW))
+    out.update(_rollout_phases())
     stale = _object(md, decide.decide(after, ready, SETTINGS, NOW))
     out["new generation not yet seen"] = {**stale, "metadata": {**stale["metadata"], "generation": 2}}
+    return out
+
+
+def _rollout_phases() -> dict[str, dict[str, Any]]:
+    """A canary in progress, a rolled-back one and a pin of a version that is not retained (test_rollout_unit)."""
+    import test_rollout_unit as rollout_cases  # noqa: PLC0415
+
+    md, observed, _ = rollout_cases._running_canary({"canary": {"trafficPercent": 25}, "replicas": 4})
+    out = {"Canary": _object(md, decide.decide(md, observed, SETTINGS, rollout_cases.T1))}
+    crash = rollout_cases._canary_pod("digits-canary-0", broken_reason="container serving is in CrashLoopBackOff")
+    rolled_back = decide.decide(md, replace(observed, pods=(crash,)), SETTINGS, rollout_cases.T1)
+    out["CanaryRolledBack"] = _object(md, rolled_back)
+    pin = rollout_cases._md({"modelVersion": "vgone"})
+    out["VersionNotRetained"] = _object(pin, decide.decide(pin, rollout_cases._observed(), SETTINGS, NOW))
     return out
 
 
@@ -98,6 +113,9 @@ EXPECTED = {
     "ChildConflict": "Failed",
     "ImagePullBackOff": "Failed",
     "new generation not yet seen": "InProgress",
+    "Canary": "InProgress",
+    "CanaryRolledBack": "Failed",
+    "VersionNotRetained": "Failed",
 }
 
 
@@ -113,3 +131,5 @@ def test_kstatus_reads_every_phase_as_gitops_tools_need() -> None:
     # The failure's own words reach the pipeline (Flux prints kstatus's message).
     assert "no label column" in computed["Failed"]["message"]
     assert "Service digits already exists" in computed["ChildConflict"]["message"]
+    assert "canary version vnew was rolled back" in computed["CanaryRolledBack"]["message"]
+    assert "CrashLoopBackOff" in computed["CanaryRolledBack"]["message"]

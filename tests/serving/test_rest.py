@@ -284,3 +284,17 @@ def test_an_unservable_artifact_exits_non_zero_saying_why(
     assert server.process.wait(timeout=30) == 1
     assert server.wait_for_line(says), server.log
     assert "cannot serve" in server.log
+
+
+def test_each_server_answers_with_the_version_its_deployment_gave_it(models: dict[str, Path]) -> None:
+    """A canary beside a stable version: the same model directory layout, two Deployments, two versions in the
+    environment (builders.build_deployment sets MODELDEPLOY_MODEL_VERSION); a client counts the split by it."""
+    x = digits_input(1)
+    for version in ("vstable000000", "vcanary00000"):
+        server = start_server(models["digits"], env={"MODELDEPLOY_MODEL_VERSION": version})
+        try:
+            body = httpx.post(f"{server.url}/v2/models/digits/infer", json=infer_body(x)).json()
+            assert body["model_version"] == version
+            assert httpx.get(f"{server.url}/v2/models/digits").json()["versions"] == [version]
+        finally:
+            server.stop()
