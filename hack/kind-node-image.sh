@@ -97,7 +97,9 @@ image_from() {  # base image binary... : a Dockerfile of COPY lines, ENTRYPOINT 
     for b in "$@"; do cp "$b" "$ctx/"; echo "COPY $(basename "$b") /usr/local/bin/$(basename "$b")"; done
     echo "ENTRYPOINT [\"/usr/local/bin/$(basename "$1")\"]"
   } >"$ctx/Dockerfile"
-  docker build --quiet --network none --label "dev.modeldeploy.kind-node-image=$K8S_VERSION" -t "$image" "$ctx" >/dev/null
+  # (the classic builder's deprecation notice on stderr is kept out of sight unless the build fails)
+  docker build --quiet --network none --label "dev.modeldeploy.kind-node-image=$K8S_VERSION" -t "$image" "$ctx" \
+    >/dev/null 2>"$ctx/build.log" || { cat "$ctx/build.log" >&2; die "docker build of $image failed"; }
 }
 
 scratch=$LOCAL/scratch:1
@@ -136,6 +138,12 @@ install -m 0644 "$files"/etc/systemd/system/kubelet.service.d/* "$rootfs/etc/sys
 sed -i 's|^ExecStart=/usr/local/bin/containerd|ExecStart=/usr/bin/containerd|' "$rootfs/etc/systemd/system/containerd.service"
 # kind's containerd config without the fuse-overlayfs snapshotter (rootless only; not built here).
 sed '/^\[proxy_plugins/,/^$/d; /^# fuse-overlayfs/d' "$files/etc/containerd/config.toml" >"$rootfs/etc/containerd/config.toml"
+# Lowering a process's oom_score_adj needs CAP_SYS_RESOURCE, which a node does not have where Docker's capability
+# bounding set lacks it (hack/kind-docker.sh): runc then fails every pod with "failed to update
+# /proc/self/oom_score_adj: Permission denied". Restricted, containerd never sets a score below its own: where the
+# node can lower scores this changes nothing (containerd runs at -999, pods ask for -998 at least).
+sed -i 's/^\( *restrict_oom_score_adj = \)false/\1true/' "$rootfs/etc/containerd/config.toml"
+grep -q 'restrict_oom_score_adj = true' "$rootfs/etc/containerd/config.toml" || die "kind's containerd config has no restrict_oom_score_adj"
 grep -q fuse-overlayfs "$rootfs/etc/containerd/config.toml" && die "could not drop fuse-overlayfs from kind's containerd config"
 chroot "$rootfs" ctr oci spec \
   | jq '.hooks.createContainer[.hooks.createContainer | length] |= . + {"path": "/kind/bin/mount-product-files.sh"}' \
@@ -155,29 +163,36 @@ chroot "$rootfs" systemctl mask systemd-binfmt.service >/dev/null 2>&1
 # The default CNI and StorageClass kind installs, from kind's own manifests with the images made above.
 sed "s|image: IMAGE|image: $LOCAL/cni:1|" "$HERE/kind-node/cni.yaml" >"$rootfs/kind/manifests/default-cni.yaml"
 awk '/^const defaultStorageManifest = `/{on=1; next} on && /^`/{exit} on' "$KIND_SRC/pkg/build/nodeimage/const_storage.go" \
-  | sed -e "s|image: \` + storageProvisionerImage + \`|image: $LOCAL/local-path-provisioner:v0.0.30|" \
-        -e "s|image: \` + storageHelperImage + \`|image: $LOCAL/local-path-helper:$SUITE|" >"$rootfs/kind/manifests/default-storage.yaml"
+  | sed -e "s|\` + storageProvisionerImage + \`|$LOCAL/local-path-provisioner:v0.0.30|g" \
+        -e "s|\` + storageHelperImage + \`|$LOCAL/local-path-helper:$SUITE|g" >"$rootfs/kind/manifests/default-storage.yaml"
 grep -q '` +' "$rootfs/kind/manifests/default-storage.yaml" && die "kind's storage manifest changed shape: update this script"
 grep -q "kind: StorageClass" "$rootfs/kind/manifests/default-storage.yaml" || die "kind's storage manifest was not found in $KIND_SRC"
 
 base=$LOCAL/node-base:$K8S_VERSION
-import_rootfs "$rootfs" "$base" --change 'ENV container=docker' --change 'STOPSIGNAL SIGRTMIN+3' \
-  --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]'
+import_rootfs "$rootfs" "$base-rootfs"
 rm -rf "$rootfs"
+# The end of images/base/Dockerfile (`docker import` cannot set a stop signal; a build of metadata only can).
+mkdir -p "$work/node-base"
+printf '%s\n' "FROM $base-rootfs" 'ENV container=docker' 'STOPSIGNAL SIGRTMIN+3' \
+  'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' >"$work/node-base/Dockerfile"
+docker build --quiet --network none -t "$base" "$work/node-base" >/dev/null 2>"$work/node-base/build.log" \
+  || { cat "$work/node-base/build.log" >&2; die "docker build of $base failed"; }
 
 # --- the images, imported into the node's containerd (what kind's buildcontext.go does) -----------------------------
 log "importing ${#node_images[@]} images into the node's containerd"
-docker run -d --name "$builder" --entrypoint=sleep --security-opt seccomp=unconfined --tmpfs /run "$base" infinity >/dev/null
-docker exec "$builder" sh -c 'containerd >/var/log/containerd-build.log 2>&1 &'
-for _ in $(seq 100); do docker exec "$builder" ctr version >/dev/null 2>&1 && break; sleep 0.2; done
+# containerd is the builder's main process, so that stopping it leaves no process behind in what is committed.
+docker run -d --name "$builder" --entrypoint /usr/bin/containerd --security-opt seccomp=unconfined --tmpfs /run \
+  "$base" >/dev/null
+for _ in $(seq 150); do docker exec "$builder" ctr version >/dev/null 2>&1 && break; sleep 0.2; done
 docker save "${node_images[@]}" | docker exec -i "$builder" ctr -n k8s.io images import --all-platforms --no-unpack --digests -
 docker exec "$builder" ctr -n k8s.io images ls -q | sort >"$work/imported"
 for i in "${node_images[@]}"; do grep -qxF "$i" "$work/imported" || die "$i is not in the node's containerd after the import"; done
-docker exec "$builder" sh -c 'pkill containerd; while pgrep -x containerd >/dev/null; do sleep 0.1; done; rm -f /var/log/containerd-build.log'
+docker kill --signal TERM "$builder" >/dev/null
+docker wait "$builder" >/dev/null
 docker commit --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' --change 'CMD []' \
   --change "LABEL dev.modeldeploy.kind-node-image=$K8S_VERSION" "$builder" "$NODE_IMAGE" >/dev/null
 docker rm -f "$builder" >/dev/null
-docker rmi "$base" >/dev/null 2>&1 || true
+docker rmi "$base" "$base-rootfs" >/dev/null 2>&1 || true
 size=$(docker image inspect --format '{{.Size}}' "$NODE_IMAGE")
 log "built $NODE_IMAGE in $((SECONDS - start)) s, $((size / 1000000)) MB"
 echo "$NODE_IMAGE"
