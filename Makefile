@@ -91,8 +91,13 @@ kind-node-image: ## build (once, cached; root) a kind node image with no registr
 kind-up: ## create the kind cluster KIND_CLUSTER from kind-config.yaml (kept if it exists)
 	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || $(KIND) create cluster --name $(KIND_CLUSTER) --config $(KIND_CONFIG) $(if $(KIND_NODE_IMAGE),--image $(KIND_NODE_IMAGE)) --wait $(KIND_WAIT)
 
+# Into the nodes that run workloads only: the control plane is tainted, and the training image (~2 GB, unpacked once
+# more in each node) filled this machine's disk when copied into every node. A cluster without workers gets them all.
 kind-load: $(if $(KIND_PREBUILT),,images) ## build the three images and copy them into the kind nodes (no registry involved)
-	@for image in $(KIND_IMAGES); do $(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/$$image:$(IMAGE_TAG) || exit 1; done
+	@nodes=$$($(KIND) get nodes --name $(KIND_CLUSTER) | grep -v -- '-control-plane' | paste -sd, -); \
+	for image in $(KIND_IMAGES); do \
+	  $(KIND) load docker-image --name $(KIND_CLUSTER) $${nodes:+--nodes $$nodes} $(IMAGE_PREFIX)/$$image:$(IMAGE_TAG) || exit 1; \
+	done
 
 kind-deploy: ## apply the CRD, then the operator (manifests/overlays/kind), and wait until it runs
 	$(KIND_KUBECTL) apply --server-side -f crds/
