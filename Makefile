@@ -64,7 +64,7 @@ test: venv cluster-binaries flux-binaries objectstore-binaries ## everything: li
 	$(BIN)/pytest
 
 test-unit: venv ## only the tests that need no cluster
-	$(BIN)/pytest -m 'not cluster and not docker and not realnode and not gitops'
+	$(BIN)/pytest -m 'not cluster and not docker and not realnode and not gitops and not kind'
 
 # Container images (dockerd, the local base image, the three images) and their targets.
 -include images/images.mk
@@ -72,20 +72,37 @@ test-unit: venv ## only the tests that need no cluster
 # The operator's targets (install, uninstall, run, deploy) live beside its code.
 -include operator/operator.mk
 
-# kind: the operator, the training Job and the inference pods for real, on Docker. Needs docker and kind on PATH.
+# kind: the operator, the training Job and the inference pods for real, on Docker. Needs docker, kind and kubectl on
+# PATH (or KIND=..., KUBECTL=...). KIND_NODE_IMAGE: the node image (default: the one the kind CLI names; a machine
+# with no registry builds one with `make kind-node-image`). KIND_PREBUILT=1: load the images as they are, no build.
 KIND ?= kind
+KUBECTL ?= kubectl
 KIND_CLUSTER ?= modeldeploy
-KIND_KUBECTL = kubectl --context kind-$(KIND_CLUSTER)
+KIND_CONFIG ?= kind-config.yaml
+KIND_NODE_IMAGE ?=
+KIND_WAIT ?= 120s
+KIND_KUBECTL = $(KUBECTL) --context kind-$(KIND_CLUSTER)
 KIND_PORT ?= 18080
 KIND_IMAGES = operator training serving
 
-.PHONY: kind-up kind-load kind-deploy kind-sample kind-predict kind-demo kind-down
+.PHONY: kind-binaries kind-node-image kind-up kind-load kind-deploy kind-sample kind-predict kind-demo kind-down
+
+kind-binaries: ## build (once, cached) the kind CLI and its node's programs from their Go modules; prints where
+	@bash src/modeldeploy/cluster/build-kind.sh | tail -n 1
+
+kind-node-image: ## build (once, cached; root) a kind node image with no registry: modeldeploy.local/kind-node:v1.34.4
+	@bash hack/kind-node-image.sh | tail -n 1
 
 kind-up: ## create the kind cluster KIND_CLUSTER from kind-config.yaml (kept if it exists)
-	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || $(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --wait 120s
+	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || $(KIND) create cluster --name $(KIND_CLUSTER) --config $(KIND_CONFIG) $(if $(KIND_NODE_IMAGE),--image $(KIND_NODE_IMAGE)) --wait $(KIND_WAIT)
 
-kind-load: images ## build the three images and copy them into the kind nodes (no registry involved)
-	@for image in $(KIND_IMAGES); do $(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/$$image:$(IMAGE_TAG) || exit 1; done
+# Into the nodes that run workloads only: the control plane is tainted, and the training image (~2 GB, unpacked once
+# more in each node) filled this machine's disk when copied into every node. A cluster without workers gets them all.
+kind-load: $(if $(KIND_PREBUILT),,images) ## build the three images and copy them into the kind nodes (no registry involved)
+	@nodes=$$($(KIND) get nodes --name $(KIND_CLUSTER) | grep -v -- '-control-plane' | paste -sd, -); \
+	for image in $(KIND_IMAGES); do \
+	  $(KIND) load docker-image --name $(KIND_CLUSTER) $${nodes:+--nodes $$nodes} $(IMAGE_PREFIX)/$$image:$(IMAGE_TAG) || exit 1; \
+	done
 
 kind-deploy: ## apply the CRD, then the operator (manifests/overlays/kind), and wait until it runs
 	$(KIND_KUBECTL) apply --server-side -f crds/
