@@ -260,10 +260,19 @@ def test_a_standby_stops_cleanly_without_ever_leading(start_operator: Callable[.
 def test_a_leader_whose_lease_is_taken_stops_acting(
     operator: OperatorProcess, models: Models, kubectl: Any, namespace: str
 ) -> None:
-    lease = json.loads(kubectl("get", "lease", "modeldeploy-operator", "-n", namespace, "-o", "json").stdout)
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    lease["spec"].update(holderIdentity="someone-else", renewTime=now, acquireTime=now, leaseDurationSeconds=300)
-    kubectl("replace", "-f", "-", input=json.dumps(lease))
+
+    def take_lease() -> bool:
+        # As another elector would: read, then replace at that resourceVersion. The leader renews every few seconds,
+        # so a renewal between the two makes the replace a Conflict; read again and retry, as client-go does.
+        lease = json.loads(kubectl("get", "lease", "modeldeploy-operator", "-n", namespace, "-o", "json").stdout)
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lease["spec"].update(holderIdentity="someone-else", renewTime=now, acquireTime=now, leaseDurationSeconds=300)
+        replaced = kubectl("replace", "-f", "-", input=json.dumps(lease), check=False)
+        if replaced.returncode != 0 and "Conflict" not in replaced.stderr and "modified" not in replaced.stderr:
+            raise AssertionError(f"kubectl replace of the Lease failed: {replaced.stderr.strip()}")
+        return replaced.returncode == 0
+
+    wait_until(take_lease, timeout=30, what="the Lease taken by someone else", interval=0.2)
     assert operator.proc is not None
     wait_until(lambda: operator.proc.poll() is not None, timeout=15, what="the leader to stop", describe=operator.log)
     assert operator.proc.returncode == 1
