@@ -28,6 +28,9 @@ cluster-binaries: ## build (once, cached) etcd, kube-apiserver, controller-manag
 flux-binaries: ## build (once, cached) Flux's source-controller and kustomize-controller with their CRDs, for `cluster up --gitops` and the gitops tests
 	@nice -n 19 bash src/modeldeploy/cluster/build-flux.sh >/dev/null
 
+argocd-binaries: ## build (once, cached) Argo CD's repo-server and application-controller and kustomize, for the Argo CD tests (docs/gitops.md)
+	@nice -n 19 bash src/modeldeploy/cluster/build-argocd.sh >/dev/null
+
 objectstore-binaries: ## build (once, cached) versitygw, the S3 server of `cluster up --object-store` and the object-storage tests
 	@nice -n 19 bash src/modeldeploy/cluster/build-objectstore.sh >/dev/null
 
@@ -64,7 +67,7 @@ test: venv cluster-binaries flux-binaries objectstore-binaries ## everything: li
 	$(BIN)/pytest
 
 test-unit: venv ## only the tests that need no cluster
-	$(BIN)/pytest -m 'not cluster and not docker and not realnode and not gitops and not kind'
+	$(BIN)/pytest -m 'not cluster and not docker and not realnode and not gitops and not kind and not argocd'
 
 # Container images (dockerd, the local base image, the three images) and their targets.
 -include images/images.mk

@@ -36,15 +36,16 @@ def wait_until(
         time.sleep(interval)
 
 
-def wait_crd_established(kubectl_stdout: Callable[..., str], *, timeout: float = 60) -> None:
-    """Wait until the ModelDeployment CRD is Established, given a function that runs kubectl and returns stdout.
+def wait_crd_established(kubectl_stdout: Callable[..., str], *, timeout: float = 60, name: str = CRD_NAME) -> None:
+    """Wait until a CRD (the ModelDeployment's unless `name` says another) is Established, given a function that runs
+    kubectl and returns stdout.
 
     `kubectl wait --for=condition=Established` right after an apply fails outright ("accessor error") when the CRD
     has no conditions yet, instead of waiting: seen once in a CI run.
     """
     jsonpath = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
     wait_until(
-        lambda: kubectl_stdout("get", "crd", CRD_NAME, "-o", jsonpath).strip() == "True",
+        lambda: kubectl_stdout("get", "crd", name, "-o", jsonpath).strip() == "True",
         timeout=timeout,
-        what=f"CRD {CRD_NAME} to be established",
+        what=f"CRD {name} to be established",
     )
