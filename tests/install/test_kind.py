@@ -17,7 +17,9 @@ def test_kind_demo_builds_loads_deploys_waits_and_predicts_in_that_order() -> No
     steps = [
         "kind create cluster --name modeldeploy --config kind-config.yaml",
         "images/build.sh training serving operator",
-        "kind load docker-image --name modeldeploy modeldeploy/$image:0.1.0",
+        # Into the nodes that take workloads only: the 2 GB training image in every node fills a disk.
+        "kind get nodes --name modeldeploy | grep -v -- '-control-plane'",
+        "kind load docker-image --name modeldeploy ${nodes:+--nodes $nodes} modeldeploy/$image:0.1.0",
         "apply --server-side -f crds/",
         "apply --server-side -k manifests/overlays/kind",
         "rollout status deployment/modeldeploy-operator",
