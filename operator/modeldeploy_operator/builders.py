@@ -592,6 +592,8 @@ def build_event(
 
 
 FETCH_CONTAINER: Final = "fetch"
+HOSTNAME_KEY: Final = "kubernetes.io/hostname"
+ZONE_KEY: Final = "topology.kubernetes.io/zone"
 
 
 def _fetch_from_object_storage(
@@ -633,17 +635,30 @@ def _fetch_from_object_storage(
         fetch["envFrom"] = env_from
     pod_spec["initContainers"] = [fetch]
     pod_spec.update(access_fields)
+    # Nodes: a spread constraint. Zones: a preferred anti-affinity, not a second constraint, because the scheduler
+    # scores no node for spreading when any node lacks one of the constraints' keys (podtopologyspread's
+    # IgnoredNodes): on a cluster without zone labels (bare metal, kind, kwok) a zone constraint would silently turn
+    # the node spreading off too. An anti-affinity term just counts nothing on a node without the label.
     pod_spec["topologySpreadConstraints"] = [
         {
             "maxSkew": 1,
-            "topologyKey": key,
+            "topologyKey": HOSTNAME_KEY,
             "whenUnsatisfiable": "ScheduleAnyway",
             "labelSelector": {"matchLabels": dict(selector)},
             # Only the pods of the same rollout are counted: old pods being replaced do not skew the new ones.
             "matchLabelKeys": ["pod-template-hash"],
         }
-        for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
     ]
+    pod_spec["affinity"] = {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {"labelSelector": {"matchLabels": dict(selector)}, "topologyKey": ZONE_KEY},
+                }
+            ]
+        }
+    }
 
 
 def default_min_available(spec: dict[str, Any]) -> int | str | None:

@@ -34,12 +34,11 @@ def test_a_model_in_object_storage_serves_without_a_claim_spread_and_budgeted(
     assert fetch["name"] == "fetch" and fetch["command"] == ["modeldeploy", "fetch"]
     assert "--uri" in fetch["args"] and "s3://models/team-a" in fetch["args"]
     assert not any("persistentVolumeClaim" in v for v in pod_spec["volumes"])
-    assert {c["topologyKey"] for c in pod_spec["topologySpreadConstraints"]} == {
-        "kubernetes.io/hostname",
-        "topology.kubernetes.io/zone",
-    }
+    assert [c["topologyKey"] for c in pod_spec["topologySpreadConstraints"]] == ["kubernetes.io/hostname"]
     pods = models.items("pods", "app.kubernetes.io/component=serving")
-    assert len({p["spec"]["nodeName"] for p in pods}) == 3  # three replicas, three fake nodes
+    # Three replicas on three fake nodes, which have no zone label and, in a full run, other tests' pods: a zone
+    # spread constraint beside the node one made the scheduler ignore both, and all three landed on one node.
+    assert len({p["spec"]["nodeName"] for p in pods}) == 3, [p["spec"]["nodeName"] for p in pods]
 
     pdb = models.get("pdb", "digits")
     assert pdb["spec"]["minAvailable"] == 1

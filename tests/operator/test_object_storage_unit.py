@@ -58,12 +58,16 @@ def test_serving_pods_fetch_into_an_empty_dir_verified_then_serve_it_read_only()
 
 def test_replicas_spread_over_nodes_and_zones_of_the_same_rollout() -> None:
     pod = builders.build_deployment(make_md(_spec()), SERVED, SETTINGS)["spec"]["template"]["spec"]
-    keys = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
-    assert set(keys) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
-    for constraint in keys.values():
-        assert constraint["labelSelector"] == {"matchLabels": naming.serving_selector("digits")}
-        assert constraint["matchLabelKeys"] == ["pod-template-hash"]
-        assert constraint["maxSkew"] == 1
+    (constraint,) = pod["topologySpreadConstraints"]
+    assert constraint["topologyKey"] == "kubernetes.io/hostname"
+    assert constraint["labelSelector"] == {"matchLabels": naming.serving_selector("digits")}
+    assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+    assert constraint["maxSkew"] == 1
+    # Zones by a preferred anti-affinity: a zone spread constraint would switch the node spreading off on any
+    # cluster whose nodes have no zone label (the scheduler then scores no node for spreading).
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "topology.kubernetes.io/zone"
+    assert term["podAffinityTerm"]["labelSelector"] == {"matchLabels": naming.serving_selector("digits")}
 
 
 def test_a_named_service_account_is_for_workload_identity_and_only_then_gets_a_token() -> None:
@@ -79,7 +83,7 @@ def test_a_named_service_account_is_for_workload_identity_and_only_then_gets_a_t
 def test_the_claim_path_is_unchanged_without_a_uri() -> None:
     md = make_md({**DIGITS_SPEC, "serving": {"replicas": 3}})
     pod = builders.build_deployment(md, SERVED, SETTINGS)["spec"]["template"]["spec"]
-    assert "initContainers" not in pod and "topologySpreadConstraints" not in pod
+    assert "initContainers" not in pod and "topologySpreadConstraints" not in pod and "affinity" not in pod
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == naming.claim_name("digits", md["spec"])
     assert builders.build_pdb(md) is None
     assert builders.build_claim(md) is not None
