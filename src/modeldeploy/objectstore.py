@@ -140,11 +140,15 @@ def translated(what: str) -> Iterator[None]:
         raise StorageError(UNREACHABLE, f"{what}: {err}") from err
     except exceptions.BaseError as err:
         text = _first_line(err)
-        if "403" in text or "Forbidden" in text or "SignatureDoesNotMatch" in text or "InvalidAccessKeyId" in text:
+        if _DENIED.search(text):
             raise StorageError(
                 ACCESS_DENIED, f"{what}: access denied ({text}); check the credentials in spec.storage.secretRef"
             ) from err
         raise StorageError(UNREACHABLE, f"{what}: {type(err).__name__}: {text}") from err
+
+
+# A 403 as a status, never as part of a number, host, port or path ("http://127.0.0.1:40312/" is no denial).
+_DENIED: Final = re.compile(r"(?<![\w./:-])403(?![\w./:-])|Forbidden|SignatureDoesNotMatch|InvalidAccessKeyId")
 
 
 def _first_line(err: BaseException) -> str:
