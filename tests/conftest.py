@@ -10,37 +10,17 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
+from localclusters import TEST_CLUSTER_PREFIX, ClusterHandle, Kubectl, kubectl_of, local_cluster
 
 from modeldeploy.cluster.local import LocalCluster, clean_orphans, find_binaries
 from modeldeploy.cluster.waiting import wait_until
-
-TEST_CLUSTER_PREFIX = "test-"
-
-
-@dataclass(frozen=True)
-class ClusterHandle:
-    """What a test needs to reach the cluster: its kubeconfig and an environment for subprocesses."""
-
-    name: str
-    kubeconfig: Path
-    kubectl_path: str
-    env: dict[str, str]
-    local: bool
-
-
-class Kubectl(Protocol):
-    def __call__(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]: ...
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -70,35 +50,13 @@ def cluster() -> Iterator[ClusterHandle]:
         yield ClusterHandle("existing", Path(existing), kubectl, env, local=False)
         return
     clean_orphans(TEST_CLUSTER_PREFIX)
-    bin_dir = find_binaries()
-    local = LocalCluster(f"{TEST_CLUSTER_PREFIX}{os.getpid()}")
-    try:
-        kubeconfig = local.up(bin_dir=bin_dir, owner_pid=os.getpid())
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
-        yield ClusterHandle(local.name, kubeconfig, str(bin_dir / "kubectl"), env, local=True)
-    finally:
-        local.down()
+    with local_cluster(LocalCluster(f"{TEST_CLUSTER_PREFIX}{os.getpid()}"), find_binaries()) as handle:
+        yield handle
 
 
 @pytest.fixture(scope="session")
 def kubectl(cluster: ClusterHandle) -> Kubectl:
-    def run(
-        *args: str, input: str | None = None, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [cluster.kubectl_path, *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=cluster.env,
-            timeout=timeout,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
-        return result
-
-    return run
+    return kubectl_of(cluster)
 
 
 @pytest.fixture

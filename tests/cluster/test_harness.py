@@ -6,7 +6,7 @@ import json
 import textwrap
 
 import pytest
-from conftest import ClusterHandle, Kubectl
+from localclusters import ClusterHandle, Kubectl
 
 from modeldeploy.cluster.portforward import PortForward, PortForwardError
 from modeldeploy.cluster.waiting import wait_until

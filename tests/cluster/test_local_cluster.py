@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from conftest import ClusterHandle
+from localclusters import ClusterHandle
 
 from modeldeploy.cluster import local
 from modeldeploy.cluster.local import ClusterError, ClusterState, LocalCluster, find_binaries, process_start_time
