@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CLUSTER ?= modeldeploy
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv test test-unit lint cluster-binaries flux-binaries objectstore-binaries cluster-up cluster-down cluster-status demo docs clean
+.PHONY: help venv test test-unit lint cluster-binaries oldest-binaries flux-binaries objectstore-binaries cluster-up cluster-down cluster-status demo docs clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ venv: $(BIN)/modeldeploy ## create .venv with the modeldeploy CLI and every extr
 
 cluster-binaries: ## build (once, cached) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok (REAL_NODE=1: kubelet, kube-proxy too)
 	@bash src/modeldeploy/cluster/build-binaries.sh $(if $(REAL_NODE),--real-node) >/dev/null
+
+oldest-binaries: cluster-binaries ## build (once, cached) the control plane of the oldest supported Kubernetes (1.30), for the test that it takes the CRD and every child
+	@nice -n 19 bash src/modeldeploy/cluster/build-binaries.sh --oldest >/dev/null
 
 flux-binaries: ## build (once, cached) Flux's source-controller and kustomize-controller with their CRDs, for `cluster up --gitops` and the gitops tests
 	@nice -n 19 bash src/modeldeploy/cluster/build-flux.sh >/dev/null
@@ -60,7 +63,7 @@ demo: venv ## the main job: a sample's real training, serving and a prediction h
 docs: venv ## regenerate docs/api-reference.md from the CRD's schema
 	$(BIN)/python -m modeldeploy.tools.apidoc --output docs/api-reference.md
 
-test: venv cluster-binaries flux-binaries objectstore-binaries ## everything: lint, unit tests, and the integration tests on a local control plane
+test: venv cluster-binaries oldest-binaries flux-binaries objectstore-binaries ## everything: lint, unit tests, and the integration tests on a local control plane
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache

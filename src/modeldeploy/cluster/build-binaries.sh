@@ -8,24 +8,44 @@
 #
 # `build-binaries.sh --real-node` also requires kubelet and kube-proxy (for `modeldeploy cluster up --real-node`);
 # they are built from the same wrapper module, so a control-plane-only run never pays for them.
+#
+# `build-binaries.sh --oldest` builds the control plane of the oldest Kubernetes the operator supports
+# (OLDEST_K8S_VERSION, the newest patch of that minor) into a directory of its own, beside the usual etcd, kwok and
+# kubectl (linked from the default directory, built first if missing): the test that the CRD and every child the
+# operator writes are taken by that release runs a whole local cluster on it.
 set -euo pipefail
 
-K8S_VERSION="${K8S_VERSION:-v1.34.4}"
+DEFAULT_K8S_VERSION=v1.34.4
+OLDEST_K8S_VERSION="${OLDEST_K8S_VERSION:-v1.30.14}"
+K8S_VERSION="${K8S_VERSION:-$DEFAULT_K8S_VERSION}"
 ETCD_VERSION="${ETCD_VERSION:-v3.5.35}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 CACHE="${MODELDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modeldeploy}"
-BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 NODE_CMDS=(kubelet kube-proxy)
 REAL_NODE=""
+OLDEST=""
 for arg in "$@"; do
   case "$arg" in
     --real-node) REAL_NODE=1 ;;
-    *) echo "build-binaries: unknown argument $arg (known: --real-node)" >&2; exit 2 ;;
+    --oldest) OLDEST=1 ;;
+    *) echo "build-binaries: unknown argument $arg (known: --real-node, --oldest)" >&2; exit 2 ;;
   esac
 done
+[ -z "$REAL_NODE" ] || [ -z "$OLDEST" ] || { echo "build-binaries: --oldest builds no real node" >&2; exit 2; }
 WANTED=("${K8S_CMDS[@]}")
 [ -z "$REAL_NODE" ] || WANTED+=("${NODE_CMDS[@]}")
+if [ -n "$OLDEST" ]; then
+  # etcd, kwok and kubectl of the default set: kubectl is within the supported skew of both, kwok fakes any release.
+  DEFAULT_BIN=$(K8S_VERSION="$DEFAULT_K8S_VERSION" bash "${BASH_SOURCE[0]}" | tail -n 1)
+  K8S_VERSION="$OLDEST_K8S_VERSION"
+  WANTED=(kube-apiserver kube-controller-manager kube-scheduler)
+  BIN="$CACHE/bin/k8s-$K8S_VERSION-control-plane"
+  mkdir -p "$BIN"
+  for b in etcd kwok kubectl; do ln -sfn "$DEFAULT_BIN/$b" "$BIN/$b"; done
+else
+  BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
+fi
 
 die() { echo "build-binaries: $*" >&2; exit 1; }
 have_all() {
@@ -35,6 +55,7 @@ have_all() {
 
 if have_all; then echo "$BIN"; exit 0; fi
 if [ -n "${MODELDEPLOY_NO_BUILD:-}" ]; then
+  [ -z "$OLDEST" ] || die "the oldest supported control plane ($K8S_VERSION) is not built in $BIN: run \`make oldest-binaries\`"
   [ -z "$REAL_NODE" ] || die "the real node's binaries (kubelet, kube-proxy) are not built in $BIN: run \`make cluster-binaries REAL_NODE=1\`"
   die "the control plane's binaries are not built in $BIN: run \`make cluster-binaries\`"
 fi

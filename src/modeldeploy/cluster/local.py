@@ -46,12 +46,13 @@ def default_state_root() -> Path:
     return Path(os.environ.get("MODELDEPLOY_STATE_DIR", str(Path(base) / "modeldeploy" / "clusters")))
 
 
-def find_binaries(build: bool = True, *, real_node: bool = False) -> Path:
+def find_binaries(build: bool = True, *, real_node: bool = False, oldest: bool = False) -> Path:
     """The directory with the control plane's binaries, building them (once, cached) when they are missing; with
-    `real_node`, also the kubelet, kube-proxy and the pause program."""
+    `real_node`, also the kubelet, kube-proxy and the pause program; with `oldest`, the control plane of the oldest
+    Kubernetes the operator supports (build-binaries.sh says which) beside the usual etcd, kwok and kubectl."""
     wanted = (*BINARIES, *(realnode.NODE_BINARIES if real_node else ()))
     override = os.environ.get("MODELDEPLOY_BIN_DIR")
-    if override:
+    if override and not oldest:
         path = Path(override)
         missing = [b for b in wanted if not (path / b).is_file()]
         if missing:
@@ -60,7 +61,7 @@ def find_binaries(build: bool = True, *, real_node: bool = False) -> Path:
     script = resources.files("modeldeploy.cluster").joinpath("build-binaries.sh")
     env = {**os.environ, "MODELDEPLOY_NO_BUILD": "" if build else "1"}
     with resources.as_file(script) as script_path:
-        command = ["bash", str(script_path), *(["--real-node"] if real_node else [])]
+        command = ["bash", str(script_path), *(["--real-node"] if real_node else []), *(["--oldest"] if oldest else [])]
         result = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, check=False)
     if result.returncode != 0:
         what = "building the control plane's binaries failed" if build else "the binaries are missing"

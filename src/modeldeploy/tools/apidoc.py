@@ -26,8 +26,10 @@ HEADER = """# API reference: ModelDeployment (modeldeploy.dev/v1alpha1)
 
 ## Supported Kubernetes versions
 
-**Kubernetes {minimum} or newer** (tested on 1.34); the operator refuses to start on an older API server and says
-why. What sets the minimum:
+**Kubernetes {minimum} or newer**, tested on 1.34 and on 1.30.14: `make test` runs a local control plane of
+1.30.14 (built from its Go modules by `make oldest-binaries`), applies the CRD and the operator's install
+server-side, and takes a model to Ready there (tests/operator/test_oldest_kubernetes_cluster.py). The operator
+refuses to start on an older API server and says why. What sets the minimum:
 
 {requirements}
 """
