@@ -245,7 +245,8 @@ class NamespaceHistory:
         return waiting
 
     def describe(self, model: str) -> str:
-        """Where `model` stands, in the words of the kill points (for the table the test prints)."""
+        """Where `model` stands, in the words of the kill points (for the table the test prints): what comes before
+        a colon names the state, the rest gives the counts."""
         with self._cond:
             record = self.models.get(model) or Model()
             want = record.expected[-1]
@@ -273,9 +274,9 @@ class NamespaceHistory:
             elif not is_rolled_out(dep):
                 counts = dep.get("status") or {}
                 where = (
-                    f"{status.get('phase')} (rollout: {counts.get('updatedReplicas', 0)} updated, "
-                    f"{counts.get('readyReplicas', 0)} ready of {dep['spec'].get('replicas')})"
+                    f"{status.get('phase')} (mid-rollout): {counts.get('updatedReplicas', 0)} of "
+                    f"{dep['spec'].get('replicas')} updated, {counts.get('readyReplicas', 0)} ready"
                 )
             else:
-                where = f"{status.get('phase')} (rolled out)"
+                where = f"{status.get('phase')} (rolled out)"  # Deploying: before the status write that says Ready
             return where
