@@ -22,6 +22,9 @@ GROUP, VERSION, PLURAL = "modeldeploy.dev", "v1alpha1", "modeldeployments"
 LABEL_MODEL = "modeldeploy.dev/model"
 LABEL_VERSION = "modeldeploy.dev/model-version"
 LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_SPEC_HASH = "modeldeploy.dev/spec-hash"
+RETAINED = 3
+"""spec.retainVersions's default: the newest versions kept with their Jobs; older ones may go, and only they."""
 
 
 def _conditions(obj: dict[str, Any]) -> dict[str, str]:
@@ -53,7 +56,8 @@ class Model:
     md: dict[str, Any] | None = None
     deployment: dict[str, Any] | None = None
     listed: set[str] = field(default_factory=set)
-    """Every version status.versions has ever listed."""
+    """Every version status.versions has ever listed (a version may leave it only when RETAINED newer ones are
+    trained)."""
     status_served: list[str] = field(default_factory=list)
     """status.modelVersion, each change."""
     deployed: list[str] = field(default_factory=list)
@@ -171,7 +175,7 @@ class NamespaceHistory:
                 listed = [str(v.get("version")) for v in status.get("versions") or []]
                 if len(set(listed)) != len(listed):
                     self._violate(f"{model}: status.versions lists a version twice: {listed}")
-                lost = record.listed - set(listed)
+                lost = [v for v in record.listed - set(listed) if not self._superseded(record, model, v, listed)]
                 if lost:
                     self._violate(
                         f"{model}: status.versions lost {sorted(lost)} (now {listed}, rv {meta.get('resourceVersion')})"
@@ -189,8 +193,15 @@ class NamespaceHistory:
                     self._moved(record, model, record.deployed, version, "the Deployment's model version")
             self._cond.notify_all()
 
+    def _superseded(self, record: Model, model: str, version: str, trained: Any) -> bool:
+        """May `version` go (spec.retainVersions): RETAINED newer versions are trained."""
+        rank = self._rank(record, model, version)
+        return sum(1 for v in set(trained) if self._rank(record, model, v) > rank) >= RETAINED
+
     def _seen_job(self, event: str, job: dict[str, Any]) -> None:
         name, uid = str(job["metadata"]["name"]), str(job["metadata"].get("uid"))
+        labels = job["metadata"].get("labels") or {}
+        model, version = str(labels.get(LABEL_MODEL)), f"v{labels.get(LABEL_SPEC_HASH)}"
         uids = self.job_uids.setdefault(name, set())
         if uid not in uids:
             uids.add(uid)
@@ -198,7 +209,16 @@ class NamespaceHistory:
                 self._violate(f"training Job {name} made again (uids {sorted(uids)})")
         if event == "DELETED":
             self.jobs.pop(name, None)
-            self._violate(f"training Job {name} deleted")
+            # The operator deletes the Job of a version it drops in the reconcile that adds the newest version,
+            # before its status write: the newest counts as trained once its Job is complete.
+            record = self.models.setdefault(model, Model())
+            complete = {
+                f"v{(j['metadata'].get('labels') or {}).get(LABEL_SPEC_HASH)}"
+                for j in self.jobs.values()
+                if (j["metadata"].get("labels") or {}).get(LABEL_MODEL) == model and job_is_complete(j)
+            }
+            if not self._superseded(record, model, version, record.listed | complete):
+                self._violate(f"training Job {name} of a retained version deleted")
         else:
             self.jobs[name] = job
 
@@ -235,11 +255,12 @@ class NamespaceHistory:
                 waiting.append(f"{model}: Ready on {status.get('modelVersion')}, not {want}")
             elif ((dep.get("metadata") or {}).get("labels") or {}).get(LABEL_VERSION) != want or not is_rolled_out(dep):
                 waiting.append(f"{model}: Deployment not rolled out to {want}")
-            elif [v.get("version") for v in status.get("versions") or []] != list(reversed(record.expected)):
-                waiting.append(f"{model}: status.versions {status.get('versions')} are not {record.expected[::-1]}")
+            elif [v.get("version") for v in status.get("versions") or []] != record.expected[::-1][:RETAINED]:
+                listed = [v.get("version") for v in status.get("versions") or []]
+                waiting.append(f"{model}: status.versions {listed}, not {record.expected[::-1][:RETAINED]}")
             else:
                 names = sorted(n for n in self.jobs if n.startswith(f"{model}-train-"))
-                wanted = sorted(f"{model}-train-{v.removeprefix('v')}" for v in record.expected)
+                wanted = sorted(f"{model}-train-{v.removeprefix('v')}" for v in record.expected[-RETAINED:])
                 if names != wanted:
                     waiting.append(f"{model}: training Jobs {names}, not {wanted}")
         return waiting
