@@ -34,7 +34,7 @@ from modeldeploy.cluster import realnode
 from modeldeploy.cluster.local import ClusterError, ClusterState, LocalCluster, find_binaries, process_start_time
 from modeldeploy.cluster.portforward import PortForward
 from modeldeploy.cluster.waiting import wait_crd_established
-from modeldeploy.spec import Training, load_manifest, parse_spec
+from modeldeploy.spec import ModelDeploymentSpec
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "samples" / "digits-cnn.yaml"
@@ -289,11 +289,15 @@ def image_exists(image: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", image], capture_output=True, check=False).returncode == 0
 
 
-def held_out_digits(training: Training, n: int) -> tuple[Any, list[int]]:
-    """`n` digits the model never trained on, spread over the trainer's own held-out split (same fraction, seed)."""
+def held_out_digits(spec: dict[str, Any], n: int) -> tuple[Any, list[int]]:
+    """`n` digits the model never trained on, spread over the trainer's own held-out split (same fraction, seed: the
+    CRD's defaults where the spec gives none, as the trainer reads it)."""
     import numpy as np  # noqa: PLC0415
     from modeldeploy_training import data  # noqa: PLC0415 (TensorFlow-free)
 
+    training = ModelDeploymentSpec.parse(spec).training
+    if training is None:
+        raise RuntimeError("the demo's held-out digits need a spec that trains (spec.training)")
     parts = data.split(data.load_digits(), training.validation_split, training.seed)
     picks = np.linspace(0, len(parts.y_test) - 1, n).round().astype(int)
     return parts.x_test[picks], [int(v) for v in parts.y_test[picks]]
@@ -392,10 +396,9 @@ class RealNodeDemo(Demo):
                 raise RuntimeError(f"the model did not answer on {url} within 30 s")
             time.sleep(0.2)
         meta = client.model_metadata(endpoint)
-        training = parse_spec(load_manifest(self.sample)).training
-        if training is None:
-            raise RuntimeError(f"{self.sample} imports a model; the demo's held-out digits need spec.training")
-        x, truth = held_out_digits(training, count)
+        import yaml  # noqa: PLC0415
+
+        x, truth = held_out_digits(yaml.safe_load(self.sample.read_text(encoding="utf-8"))["spec"], count)
         rows = client.classify(endpoint, meta, client.fit_input(x, meta.inputs[0], "held-out digits"))
         sys.stdout.write(f"{url}/v2/models/digits (version {meta.version}):\n")
         right = 0
