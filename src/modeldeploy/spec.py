@@ -319,6 +319,7 @@ class ModelDeploymentSpec(SpecPart):
     retain_versions: int
 
     _document: dict[str, Any] | None = PrivateAttr(default=None)
+    _hash: str | None = PrivateAttr(default=None)
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> ModelDeploymentSpec:
@@ -335,7 +336,7 @@ class ModelDeploymentSpec(SpecPart):
         """A copy; with `update`, its document is written from the fields again (so that it says what they say)."""
         copied = super().model_copy(update=update, deep=deep)
         if update:
-            copied._document = None
+            copied._document = copied._hash = None
         return copied
 
     @property
@@ -348,7 +349,9 @@ class ModelDeploymentSpec(SpecPart):
     @property
     def hash(self) -> str:
         """contracts.spec_hash of the document: what names the training Job and the model version."""
-        return contracts.spec_hash(self.document)
+        if self._hash is None:
+            self._hash = contracts.spec_hash(self.document)
+        return self._hash
 
     @property
     def storage_uri(self) -> str:
