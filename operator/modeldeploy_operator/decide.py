@@ -168,9 +168,9 @@ class Training:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What every step reads: the object, its typed spec, what the watches saw, the settings and the time."""
+    """What every step reads: the ModelDeployment with its typed spec, what the watches saw, the settings and the
+    time."""
 
-    md: dict[str, Any]
     model: ModelDeployment
     observed: Observed
     settings: Settings
@@ -516,7 +516,7 @@ def decide(
 ) -> Plan:
     """Everything one reconcile does, as data. `model` is `md` parsed (ModelDeployment.from_object), when the caller
     has it already."""
-    inputs = Inputs(md, model or ModelDeployment.from_object(md), observed, settings, now)
+    inputs = Inputs(model or ModelDeployment.from_object(md), observed, settings, now)
     plan = Plan()
     old: dict[str, Any] = md.get("status") or {}
     versions = [dict(v) for v in old.get("versions") or [] if isinstance(v, dict) and v.get("version")]
