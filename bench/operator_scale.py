@@ -29,9 +29,8 @@ sys.path.insert(0, str(REPO / "operator"))
 from modeldeploy_operator import builders  # noqa: E402
 from modeldeploy_operator.settings import Settings  # noqa: E402
 
-from modeldeploy import contracts  # noqa: E402
 from modeldeploy.cluster.waiting import wait_crd_established  # noqa: E402
-from modeldeploy.spec import normalize  # noqa: E402
+from modeldeploy.spec import ModelDeployment, normalize  # noqa: E402
 
 # Small requests so that N=500 fits the three fake nodes at once (this measures the control loop, not packing).
 SMALL = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}
@@ -145,8 +144,10 @@ def run_floor(env: dict[str, str], n: int) -> tuple[float, float]:
     settings = Settings()
     items: list[dict[str, Any]] = []
     for i in range(n):
-        md = normalize({"metadata": {"name": f"m{i}", "namespace": ns, "uid": "x", "generation": 1}, "spec": SPEC})
-        short = contracts.spec_hash(md["spec"])[:12]
+        md = ModelDeployment.from_object(
+            normalize({"metadata": {"name": f"m{i}", "namespace": ns, "uid": "x", "generation": 1}, "spec": SPEC})
+        )
+        short = md.spec.hash[:12]
         for manifest in (
             builders.build_claim(md),
             builders.build_training_job(md, settings),

@@ -9,7 +9,8 @@ import uuid
 from typing import Any, Final
 
 from modeldeploy import contracts, serving_settings
-from modeldeploy.spec import API_VERSION, KIND
+from modeldeploy.spec import API_VERSION, KIND, JsonObject, ModelDeployment, ModelDeploymentSpec, crd_default
+from modeldeploy.spec import Serving as ServingSpec
 from modeldeploy_operator import naming
 from modeldeploy_operator.settings import Settings
 
@@ -28,10 +29,6 @@ DEFAULT_TRAINING_RESOURCES: Final[dict[str, Any]] = {
     "limits": {"memory": "4Gi"},
 }
 SHUTDOWN_GRACE_SECONDS: Final = 20
-# A pod being deleted still gets new connections until the endpoints controller and kube-proxy have seen it go; the
-# server stops accepting at SIGTERM, so the kubelet holds SIGTERM back for spec.serving.drainSeconds (the native sleep
-# action: no binary needed in the image). bench/realnode.py measures that propagation and the margin left.
-DEFAULT_DRAIN_SECONDS: Final = 15
 
 
 def config_hash(manifest: dict[str, Any]) -> str:
@@ -39,23 +36,22 @@ def config_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(contracts.canonical_json(manifest).encode()).hexdigest()[:16]
 
 
-def owner_reference(md: dict[str, Any]) -> dict[str, Any]:
+def owner_reference(md: ModelDeployment) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "name": md["metadata"]["name"],
-        "uid": md["metadata"]["uid"],
+        "name": md.name,
+        "uid": md.uid,
         "controller": True,
         "blockOwnerDeletion": True,
     }
 
 
-def _metadata(md: dict[str, Any], name: str, component: str, **labels: str) -> dict[str, Any]:
-    model = md["metadata"]["name"]
+def _metadata(md: ModelDeployment, name: str, component: str, **labels: str) -> dict[str, Any]:
     return {
         "name": name,
-        "namespace": md["metadata"]["namespace"],
-        "labels": {**naming.base_labels(model, component), **labels},
+        "namespace": md.namespace,
+        "labels": {**naming.base_labels(md.name, component), **labels},
         "annotations": {},
         "ownerReferences": [owner_reference(md)],
     }
@@ -87,73 +83,77 @@ def restricted_pod_security(settings: Settings) -> dict[str, Any]:
     }
 
 
-def storage_uri(spec: dict[str, Any]) -> str:
-    """spec.storage.uri: the artifact lives in object storage (no claim), or "" for the claim."""
-    return str((spec.get("storage") or {}).get("uri") or "")
-
-
-def _storage_access(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _storage_access(spec: ModelDeploymentSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """envFrom and pod-spec fields that give a pod the storage credentials the user named: the keys of their Secret
     as environment (named here, read only by the kubelet), or their ServiceAccount for workload identity."""
-    storage = spec.get("storage") or {}
-    env_from = [{"secretRef": {"name": storage["secretRef"]["name"]}}] if storage.get("secretRef") else []
+    storage = spec.storage
+    env_from = [{"secretRef": {"name": storage.secret_ref.name}}] if storage.secret_ref else []
     pod_fields: dict[str, Any] = {}
-    if storage.get("serviceAccountName"):
+    if storage.service_account_name:
         # Workload identity exchanges the ServiceAccount's token for cloud credentials: only then is it mounted.
-        pod_fields = {"serviceAccountName": storage["serviceAccountName"], "automountServiceAccountToken": True}
+        pod_fields = {"serviceAccountName": storage.service_account_name, "automountServiceAccountToken": True}
     return env_from, pod_fields
 
 
-def build_claim(md: dict[str, Any]) -> dict[str, Any] | None:
+def build_claim(md: ModelDeployment) -> dict[str, Any] | None:
     """The artifact volume's claim, or None when the spec names an existing claim (the user's, never ours) or puts
     the artifact in object storage."""
-    spec = md["spec"]
-    storage = spec.get("storage") or {}
-    if storage.get("existingClaim") or storage.get("uri"):
+    storage = md.spec.storage
+    if storage.existing_claim or storage.uri:
         return None
-    model = md["metadata"]["name"]
     claim: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(md, naming.claim_name(model, spec), naming.COMPONENT_STORAGE),
+        "metadata": _metadata(md, naming.claim_name(md.name, md.spec), naming.COMPONENT_STORAGE),
         "spec": {
-            "accessModes": [storage.get("accessMode", "ReadWriteOnce")],
-            "resources": {"requests": {"storage": storage.get("size", "1Gi")}},
+            "accessModes": [storage.access_mode],
+            "resources": {"requests": {"storage": storage.size}},
         },
     }
-    if storage.get("storageClassName"):
-        claim["spec"]["storageClassName"] = storage["storageClassName"]
+    if storage.storage_class_name:
+        claim["spec"]["storageClassName"] = storage.storage_class_name
     return _stamp(claim)
 
 
-def training_env_spec(md: dict[str, Any]) -> str:
+def training_env_spec(md: ModelDeployment) -> str:
     """MODELDEPLOY_SPEC: the whole ModelDeployment as stored (apiVersion, kind, metadata.name, spec)."""
     return contracts.canonical_json(
-        {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": md["metadata"]["name"]}, "spec": md["spec"]}
+        {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": md.name}, "spec": md.spec.document}
     )
 
 
-def _data_claim(spec: dict[str, Any]) -> str | None:
-    if "importModel" in spec:
-        claim = spec["importModel"].get("claimName")  # none when the model comes from spec.importModel.uri
-        return str(claim) if claim else None
-    dataset = (spec.get("training") or {}).get("dataset") or {}
-    claim = dataset.get("claimName")
-    return str(claim) if claim else None
+def _data_claim(spec: ModelDeploymentSpec) -> str | None:
+    if spec.import_model is not None:
+        return spec.import_model.claim_name or None  # none when the model comes from spec.importModel.uri
+    dataset = spec.training.dataset if spec.training is not None else None
+    return (dataset.claim_name or None) if dataset is not None else None
 
 
-def build_training_job(md: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def _resources(given: Any, default: dict[str, Any]) -> dict[str, Any]:
+    """A container's resources: the spec's as given (a Kubernetes type), else the operator's default."""
+    return copy.deepcopy(dict(given) if given else default)
+
+
+def _placement(pod_spec: dict[str, Any], node_selector: Any, tolerations: Any) -> None:
+    """The spec's nodeSelector and tolerations on a pod, as given (lists, so that the drift check compares equal)."""
+    if node_selector:
+        pod_spec["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod_spec["tolerations"] = copy.deepcopy([dict(t) for t in tolerations])
+
+
+def build_training_job(md: ModelDeployment, settings: Settings) -> dict[str, Any]:
     """The training (or import) Job of the current spec; its name and pod labels come from the spec hash."""
-    spec = md["spec"]
-    model = md["metadata"]["name"]
-    full_hash = contracts.spec_hash(spec)
+    spec = md.spec
+    model = md.name
+    full_hash = spec.hash
     short = full_hash[: naming.SHORT_HASH]
-    training = spec.get("training") or {}
+    training = spec.training
     labels = {naming.LABEL_SPEC_HASH: short}
     # With spec.storage.uri the version is written to a scratch emptyDir, then committed to object storage.
     models_source: dict[str, Any] = (
         {"emptyDir": {}}
-        if storage_uri(spec)
+        if spec.storage_uri
         else {"persistentVolumeClaim": {"claimName": naming.claim_name(model, spec)}}
     )
     volumes: list[dict[str, Any]] = [
@@ -169,23 +169,24 @@ def build_training_job(md: dict[str, Any], settings: Settings) -> dict[str, Any]
         volumes.append({"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": data_claim, "readOnly": True}})
         mounts.append({"name": DATA_VOLUME, "mountPath": contracts.DATA_MOUNT, "readOnly": True})
     init_containers: list[dict[str, Any]] = []
-    if training.get("image"):
+    resources = _resources(training.resources if training else None, DEFAULT_TRAINING_RESOURCES)
+    if training is not None and training.image:
         # A user's trainer needs none of our code: it runs first and leaves its model in /workspace/output.
         volumes.append({"name": OUTPUT_VOLUME, "emptyDir": {}})
         output_mount = {"name": OUTPUT_VOLUME, "mountPath": contracts.USER_OUTPUT_DIR}
         mounts.append(output_mount)
         user: dict[str, Any] = {
             "name": "user-train",
-            "image": training["image"],
+            "image": training.image,
             "imagePullPolicy": settings.image_pull_policy,
             "volumeMounts": [output_mount, *[m for m in mounts if m["name"] == DATA_VOLUME]],
-            "resources": copy.deepcopy(training.get("resources") or DEFAULT_TRAINING_RESOURCES),
+            "resources": copy.deepcopy(resources),
             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         }
-        if training.get("command"):
-            user["command"] = list(training["command"])
-        if training.get("args"):
-            user["args"] = list(training["args"])
+        if training.command:
+            user["command"] = list(training.command)
+        if training.args:
+            user["args"] = list(training.args)
         init_containers.append(user)
     container = {
         "name": naming.TRAIN_CONTAINER,
@@ -194,7 +195,7 @@ def build_training_job(md: dict[str, Any], settings: Settings) -> dict[str, Any]
         "args": ["train", "--output", contracts.ARTIFACT_MOUNT],
         "env": [{"name": contracts.SPEC_ENV, "value": training_env_spec(md)}],
         "volumeMounts": mounts,
-        "resources": copy.deepcopy(training.get("resources") or DEFAULT_TRAINING_RESOURCES),
+        "resources": resources,
         "securityContext": restricted_container_security(),
         "terminationMessagePath": contracts.DEFAULT_TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -212,20 +213,23 @@ def build_training_job(md: dict[str, Any], settings: Settings) -> dict[str, Any]
     }
     if init_containers:
         pod_spec["initContainers"] = init_containers
-    if training.get("nodeSelector"):
-        pod_spec["nodeSelector"] = dict(training["nodeSelector"])
-    if training.get("tolerations"):
-        pod_spec["tolerations"] = copy.deepcopy(training["tolerations"])
+    if training is not None:
+        _placement(pod_spec, training.node_selector, training.tolerations)
     metadata = _metadata(md, naming.job_name(model, short), naming.COMPONENT_TRAINING, **labels)
-    metadata["annotations"][naming.ANNOTATION_GENERATION] = str(md["metadata"].get("generation", 0))
+    metadata["annotations"][naming.ANNOTATION_GENERATION] = str(md.generation)
+    if training is not None:
+        backoff_limit, deadline = training.backoff_limit, training.active_deadline_seconds
+    else:  # an import Job: spec.importModel has no such fields; it runs under spec.training's defaults (the CRD's)
+        backoff_limit = int(crd_default("training", "backoffLimit"))
+        deadline = int(crd_default("training", "activeDeadlineSeconds"))
     metadata["annotations"][naming.ANNOTATION_SPEC_HASH] = full_hash
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": metadata,
         "spec": {
-            "backoffLimit": int(training.get("backoffLimit", 1)),
-            "activeDeadlineSeconds": int(training.get("activeDeadlineSeconds", 3600)),
+            "backoffLimit": backoff_limit,
+            "activeDeadlineSeconds": deadline,
             # Exit 1 is the contract's reported failure (bad data, budget exceeded): retrying cannot fix it.
             "podFailurePolicy": {
                 "rules": [
@@ -239,7 +243,7 @@ def build_training_job(md: dict[str, Any], settings: Settings) -> dict[str, Any]
             "template": {
                 "metadata": {
                     "labels": {**naming.base_labels(model, naming.COMPONENT_TRAINING), **labels},
-                    "annotations": dict(training.get("podAnnotations") or {}),
+                    "annotations": dict((training.pod_annotations if training else None) or {}),
                 },
                 "spec": pod_spec,
             },
@@ -247,9 +251,9 @@ def build_training_job(md: dict[str, Any], settings: Settings) -> dict[str, Any]
     }
 
 
-def build_cleanup_job(md: dict[str, Any], versions: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+def build_cleanup_job(md: ModelDeployment, versions: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
     """A Job that removes the artifact directories of versions dropped from the retained history."""
-    model = md["metadata"]["name"]
+    model = md.name
     paths = sorted(f"{contracts.ARTIFACT_MOUNT}/{v['path']}" for v in versions if v.get("path"))
     names = [str(v["version"]) for v in versions]
     container = {
@@ -270,16 +274,14 @@ def build_cleanup_job(md: dict[str, Any], versions: list[dict[str, Any]], settin
         "volumes": [
             {
                 "name": MODELS_VOLUME,
-                "persistentVolumeClaim": {"claimName": naming.claim_name(model, md["spec"])},
+                "persistentVolumeClaim": {"claimName": naming.claim_name(model, md.spec)},
             }
         ],
     }
     # The artifacts live where the training Job wrote them (a node-local volume, say): run there too.
-    placement = md["spec"].get("training") or {}
-    if placement.get("nodeSelector"):
-        pod_spec["nodeSelector"] = dict(placement["nodeSelector"])
-    if placement.get("tolerations"):
-        pod_spec["tolerations"] = copy.deepcopy(placement["tolerations"])
+    training = md.spec.training
+    if training is not None:
+        _placement(pod_spec, training.node_selector, training.tolerations)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -295,27 +297,21 @@ def build_cleanup_job(md: dict[str, Any], versions: list[dict[str, Any]], settin
     }
 
 
-def is_autoscaled(spec: dict[str, Any]) -> bool:
-    autoscaling = (spec.get("serving") or {}).get("autoscaling")
-    return isinstance(autoscaling, dict) and bool(autoscaling.get("enabled", True))
-
-
 def build_deployment(
-    md: dict[str, Any], served: dict[str, Any], settings: Settings, *, replicas: int | None = None
+    md: ModelDeployment, served: dict[str, Any], settings: Settings, *, replicas: int | None = None
 ) -> dict[str, Any]:
     """The inference Deployment serving the version `served` ({"version", "path"}) with the current serving spec.
 
     With autoscaling on, `replicas` is left out: the HPA owns it and the operator never writes it back. `replicas`
     replaces spec.serving.replicas while a canary runs beside it (the stable share).
     """
-    spec = md["spec"]
-    model = md["metadata"]["name"]
-    serving = spec.get("serving") or {}
-    strategy = serving.get("strategy") or {}
-    port = int(serving.get("port", 8080))
-    grpc_port = int(serving.get("grpcPort", 8081))
+    spec = md.spec
+    model = md.name
+    serving = spec.serving
+    port = serving.port
+    grpc_port = serving.grpc_port
     version = str(served["version"])
-    drain = int(serving.get("drainSeconds", DEFAULT_DRAIN_SECONDS))
+    drain = serving.drain_seconds
     env = serving_settings.environment(
         {
             "model_dir": f"{contracts.ARTIFACT_MOUNT}/{served['path']}",
@@ -328,10 +324,10 @@ def build_deployment(
     secret_volumes, secret_mounts, secret_env = _serving_secrets(serving)
     env.update(secret_env)
     # Only with TLS: without it the probes stay as they were, so an operator upgrade rolls no serving pod.
-    scheme = {"scheme": "HTTPS"} if serving.get("tls") else {}
+    scheme = {"scheme": "HTTPS"} if serving.tls else {}
     container = {
         "name": naming.SERVING_CONTAINER,
-        "image": serving.get("image") or settings.serving_image,
+        "image": serving.image or settings.serving_image,
         "imagePullPolicy": settings.image_pull_policy,
         "ports": [
             {"name": "http", "containerPort": port, "protocol": "TCP"},
@@ -358,7 +354,7 @@ def build_deployment(
             "failureThreshold": 60,
         },
         **({"lifecycle": {"preStop": {"sleep": {"seconds": drain}}}} if drain else {}),
-        "resources": copy.deepcopy(serving.get("resources") or DEFAULT_SERVING_RESOURCES),
+        "resources": _resources(serving.resources, DEFAULT_SERVING_RESOURCES),
         "securityContext": restricted_container_security(),
         "volumeMounts": [
             {"name": MODELS_VOLUME, "mountPath": contracts.ARTIFACT_MOUNT, "readOnly": True},
@@ -380,24 +376,21 @@ def build_deployment(
             *secret_volumes,
         ],
     }
-    if serving.get("nodeSelector"):
-        pod_spec["nodeSelector"] = dict(serving["nodeSelector"])
-    if serving.get("tolerations"):
-        pod_spec["tolerations"] = copy.deepcopy(serving["tolerations"])
+    _placement(pod_spec, serving.node_selector, serving.tolerations)
     selector = naming.serving_selector(model)
-    if storage_uri(spec):
+    if spec.storage_uri:
         _fetch_from_object_storage(
             pod_spec, container, spec=spec, model=model, served=served, settings=settings, selector=selector
         )
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
-        "revisionHistoryLimit": int(spec.get("retainVersions", 3)),
+        "revisionHistoryLimit": spec.retain_versions,
         "progressDeadlineSeconds": 600,
         "strategy": {
             "type": "RollingUpdate",
             "rollingUpdate": {
-                "maxSurge": strategy.get("maxSurge", 1),
-                "maxUnavailable": strategy.get("maxUnavailable", 0),
+                "maxSurge": serving.strategy.max_surge,
+                "maxUnavailable": serving.strategy.max_unavailable,
             },
         },
         "template": {
@@ -407,26 +400,26 @@ def build_deployment(
                     **selector,
                     naming.LABEL_VERSION: version,
                     # Only with a Gateway: its Services tell the tracks apart (a canary's pods say canary).
-                    **({naming.LABEL_TRACK: naming.TRACK_STABLE} if serving.get("gateway") else {}),
+                    **({naming.LABEL_TRACK: naming.TRACK_STABLE} if serving.gateway else {}),
                 },
-                "annotations": dict(serving.get("podAnnotations") or {}),
+                "annotations": dict(serving.pod_annotations or {}),
             },
             "spec": pod_spec,
         },
     }
-    if not is_autoscaled(spec):
-        deployment_spec["replicas"] = int(serving.get("replicas", 1)) if replicas is None else replicas
+    if not serving.is_autoscaled:
+        deployment_spec["replicas"] = serving.replicas if replicas is None else replicas
     metadata = _metadata(md, naming.serving_name(model), naming.COMPONENT_SERVING, **{naming.LABEL_VERSION: version})
     return _stamp({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": deployment_spec})
 
 
 def build_canary_deployment(
-    md: dict[str, Any], canary: dict[str, Any], settings: Settings, replicas: int
+    md: ModelDeployment, canary: dict[str, Any], settings: Settings, replicas: int
 ) -> dict[str, Any]:
     """The canary Deployment: the main one's pods serving version `canary`, `replicas` of them, beside the stable
     ones. Its pods keep the main selector's labels, so the model's one Service sends them their replica share of
     the traffic (no mesh); the track label keeps them apart from the main Deployment's own ReplicaSets."""
-    model = md["metadata"]["name"]
+    model = md.name
     manifest = build_deployment(md, canary, settings, replicas=replicas)
     manifest["metadata"]["annotations"].pop(naming.ANNOTATION_CONFIG_HASH, None)
     manifest["metadata"]["name"] = naming.canary_name(model)
@@ -447,7 +440,7 @@ TLS_DIR: Final = "/var/run/modeldeploy/tls"
 
 
 def _serving_secrets(
-    serving: dict[str, Any],
+    serving: ServingSpec,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
     """Volumes, mounts and environment for spec.serving.auth and .tls: the user's Secrets mounted as files by the
     kubelet (the operator names them and never reads them, so its RBAC has no Secrets), whole directories rather
@@ -455,28 +448,27 @@ def _serving_secrets(
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     env: dict[str, str] = {}
-    auth = serving.get("auth")
-    if auth:
+    auth = serving.auth
+    if auth is not None:
         items = [{"key": "tokens", "path": "tokens"}]
-        volumes.append({"name": AUTH_VOLUME, "secret": {"secretName": auth["secretName"], "items": items}})
+        volumes.append({"name": AUTH_VOLUME, "secret": {"secretName": auth.secret_name, "items": items}})
         mounts.append({"name": AUTH_VOLUME, "mountPath": AUTH_DIR, "readOnly": True})
         env["MODELDEPLOY_AUTH_TOKEN_FILE"] = f"{AUTH_DIR}/tokens"
-        open_paths = ["/v2/health/live", "/v2/health/ready"] + ([] if auth.get("protectMetrics") else ["/metrics"])
+        open_paths = ["/v2/health/live", "/v2/health/ready"] + ([] if auth.protect_metrics else ["/metrics"])
         env["MODELDEPLOY_AUTH_OPEN_PATHS"] = ",".join(open_paths)
-    tls = serving.get("tls")
-    if tls:
+    tls = serving.tls
+    if tls is not None:
         items = [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]
-        volumes.append({"name": TLS_VOLUME, "secret": {"secretName": tls["secretName"], "items": items}})
+        volumes.append({"name": TLS_VOLUME, "secret": {"secretName": tls.secret_name, "items": items}})
         mounts.append({"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True})
         env["MODELDEPLOY_TLS_CERT_FILE"] = f"{TLS_DIR}/tls.crt"
         env["MODELDEPLOY_TLS_KEY_FILE"] = f"{TLS_DIR}/tls.key"
     return volumes, mounts, env
 
 
-def build_service(md: dict[str, Any]) -> dict[str, Any]:
-    spec = md["spec"]
-    model = md["metadata"]["name"]
-    serving = spec.get("serving") or {}
+def build_service(md: ModelDeployment) -> dict[str, Any]:
+    model = md.name
+    serving = md.spec.serving
     return _stamp(
         {
             "apiVersion": "v1",
@@ -486,10 +478,10 @@ def build_service(md: dict[str, Any]) -> dict[str, Any]:
                 "type": "ClusterIP",
                 "selector": naming.serving_selector(model),
                 "ports": [
-                    {"name": "http", "port": int(serving.get("port", 8080)), "targetPort": "http", "protocol": "TCP"},
+                    {"name": "http", "port": serving.port, "targetPort": "http", "protocol": "TCP"},
                     {
                         "name": "grpc",
-                        "port": int(serving.get("grpcPort", 8081)),
+                        "port": serving.grpc_port,
                         "targetPort": "grpc",
                         "protocol": "TCP",
                     },
@@ -499,17 +491,18 @@ def build_service(md: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def build_network_policy(md: dict[str, Any]) -> dict[str, Any] | None:
+def build_network_policy(md: ModelDeployment) -> dict[str, Any] | None:
     """The serving pods' ingress: their HTTP and gRPC ports from what spec.serving.allowFrom names (default: the
     ModelDeployment's namespace), nothing else; None when spec.serving.networkPolicy is false."""
-    model = md["metadata"]["name"]
-    serving = md["spec"].get("serving") or {}
-    if not serving.get("networkPolicy", True):
+    model = md.name
+    serving = md.spec.serving
+    if not serving.network_policy:
         return None
-    peers = copy.deepcopy(serving.get("allowFrom") or [{"podSelector": {}}])
+    allowed: tuple[JsonObject, ...] = serving.allow_from or ({"podSelector": {}},)
+    peers = copy.deepcopy([dict(p) for p in allowed])
     ports = [
-        {"port": int(serving.get("port", 8080)), "protocol": "TCP"},
-        {"port": int(serving.get("grpcPort", 8081)), "protocol": "TCP"},
+        {"port": serving.port, "protocol": "TCP"},
+        {"port": serving.grpc_port, "protocol": "TCP"},
     ]
     return _stamp(
         {
@@ -525,13 +518,12 @@ def build_network_policy(md: dict[str, Any]) -> dict[str, Any] | None:
     )
 
 
-def build_hpa(md: dict[str, Any]) -> dict[str, Any] | None:
+def build_hpa(md: ModelDeployment) -> dict[str, Any] | None:
     """The HPA on the Deployment when autoscaling is on (None otherwise: then the operator deletes its HPA)."""
-    spec = md["spec"]
-    if not is_autoscaled(spec):
+    autoscaling = md.spec.serving.autoscaling
+    if autoscaling is None or not autoscaling.enabled:
         return None
-    model = md["metadata"]["name"]
-    autoscaling = spec["serving"]["autoscaling"]
+    model = md.name
     return _stamp(
         {
             "apiVersion": "autoscaling/v2",
@@ -539,8 +531,8 @@ def build_hpa(md: dict[str, Any]) -> dict[str, Any] | None:
             "metadata": _metadata(md, naming.serving_name(model), naming.COMPONENT_SERVING),
             "spec": {
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": naming.serving_name(model)},
-                "minReplicas": int(autoscaling.get("minReplicas", 1)),
-                "maxReplicas": int(autoscaling["maxReplicas"]),
+                "minReplicas": autoscaling.min_replicas,
+                "maxReplicas": autoscaling.max_replicas,
                 "metrics": [
                     {
                         "type": "Resource",
@@ -548,7 +540,7 @@ def build_hpa(md: dict[str, Any]) -> dict[str, Any] | None:
                             "name": "cpu",
                             "target": {
                                 "type": "Utilization",
-                                "averageUtilization": int(autoscaling.get("targetCPUUtilizationPercentage", 70)),
+                                "averageUtilization": autoscaling.target_cpu_utilization_percentage,
                             },
                         },
                     }
@@ -600,7 +592,7 @@ def _fetch_from_object_storage(
     pod_spec: dict[str, Any],
     server: dict[str, Any],
     *,
-    spec: dict[str, Any],
+    spec: ModelDeploymentSpec,
     model: str,
     served: dict[str, Any],
     settings: Settings,
@@ -609,11 +601,10 @@ def _fetch_from_object_storage(
     """Serving without a claim (spec.storage.uri): an init container from the serving image copies the version into
     an emptyDir, every file checked against its card, before the server starts; the replicas spread over nodes
     (and zones where nodes have the label), so that one node's loss or drain leaves the others serving."""
-    storage = spec.get("storage") or {}
-    size = str(storage.get("size", "1Gi"))
+    size = spec.storage.size
     pod_spec["volumes"][0] = {"name": MODELS_VOLUME, "emptyDir": {"sizeLimit": size}}
     env_from, access_fields = _storage_access(spec)
-    fetch_args = ["--uri", storage_uri(spec), "--model", model, "--version", str(served["version"])]
+    fetch_args = ["--uri", spec.storage_uri, "--model", model, "--version", str(served["version"])]
     fetch_args += ["--dest", contracts.ARTIFACT_MOUNT, "--max-size", size]
     fetch: dict[str, Any] = {
         "name": FETCH_CONTAINER,
@@ -661,27 +652,24 @@ def _fetch_from_object_storage(
     }
 
 
-def default_min_available(spec: dict[str, Any]) -> int | str | None:
+def default_min_available(serving: ServingSpec) -> int | str | None:
     """spec.serving.minAvailable, else 1 for 2+ replicas (autoscaled: its minReplicas), else no budget."""
-    serving = spec.get("serving") or {}
-    if "minAvailable" in serving:
-        value: int | str = serving["minAvailable"]
-        return value
-    replicas = int(serving.get("replicas", 1))
-    if is_autoscaled(spec):
-        replicas = int((serving.get("autoscaling") or {}).get("minReplicas", 1))
+    if serving.min_available is not None:
+        return serving.min_available
+    replicas = serving.replicas
+    if serving.autoscaling is not None and serving.autoscaling.enabled:
+        replicas = serving.autoscaling.min_replicas
     return 1 if replicas >= 2 else None
 
 
-def build_pdb(md: dict[str, Any]) -> dict[str, Any] | None:
+def build_pdb(md: ModelDeployment) -> dict[str, Any] | None:
     """The serving pods' PodDisruptionBudget with spec.storage.uri (replicas on several nodes); None otherwise."""
-    spec = md["spec"]
-    if not storage_uri(spec):
+    if not md.spec.storage_uri:
         return None
-    min_available = default_min_available(spec)
+    min_available = default_min_available(md.spec.serving)
     if min_available is None:
         return None
-    model = md["metadata"]["name"]
+    model = md.name
     return _stamp(
         {
             "apiVersion": "policy/v1",
@@ -700,10 +688,10 @@ def build_pdb(md: dict[str, Any]) -> dict[str, Any] | None:
 GATEWAY_GROUP: Final = "gateway.networking.k8s.io"
 
 
-def build_track_service(md: dict[str, Any], track: str) -> dict[str, Any]:
+def build_track_service(md: ModelDeployment, track: str) -> dict[str, Any]:
     """The HTTP Service of one track's pods (stable or canary), a weighted backend of the HTTPRoute."""
-    model = md["metadata"]["name"]
-    port = int((md["spec"].get("serving") or {}).get("port", 8080))
+    model = md.name
+    port = md.spec.serving.port
     return _stamp(
         {
             "apiVersion": "v1",
@@ -718,26 +706,26 @@ def build_track_service(md: dict[str, Any], track: str) -> dict[str, Any]:
     )
 
 
-def build_http_route(md: dict[str, Any], canary_percent: int) -> dict[str, Any] | None:
+def build_http_route(md: ModelDeployment, canary_percent: int) -> dict[str, Any] | None:
     """The HTTPRoute through the Gateway that spec.serving.gateway names (None without one): the stable and canary
     Services with exact weights, `canary_percent` of the requests to the canary (0 while none runs)."""
-    serving = md["spec"].get("serving") or {}
-    gateway = serving.get("gateway")
-    if not gateway:
+    gateway = md.spec.serving.gateway
+    if gateway is None:
         return None
-    model = md["metadata"]["name"]
-    port = int(serving.get("port", 8080))
-    parent: dict[str, Any] = {"group": GATEWAY_GROUP, "kind": "Gateway", "name": gateway["name"]}
-    for key in ("namespace", "sectionName"):
-        if gateway.get(key):
-            parent[key] = gateway[key]
+    model = md.name
+    port = md.spec.serving.port
+    parent: dict[str, Any] = {"group": GATEWAY_GROUP, "kind": "Gateway", "name": gateway.name}
+    if gateway.namespace:
+        parent["namespace"] = gateway.namespace
+    if gateway.section_name:
+        parent["sectionName"] = gateway.section_name
     backends = [
         {"name": naming.track_service_name(model, track), "port": port, "weight": weight}
         for track, weight in ((naming.TRACK_STABLE, 100 - canary_percent), (naming.TRACK_CANARY, canary_percent))
     ]
     spec: dict[str, Any] = {"parentRefs": [parent], "rules": [{"backendRefs": backends}]}
-    if gateway.get("hostnames"):
-        spec["hostnames"] = list(gateway["hostnames"])
+    if gateway.hostnames:
+        spec["hostnames"] = list(gateway.hostnames)
     return _stamp(
         {
             "apiVersion": f"{GATEWAY_GROUP}/v1",

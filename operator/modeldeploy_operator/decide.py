@@ -1,41 +1,100 @@
 """The reconcile decision, pure: from a ModelDeployment and what the watches saw, the writes to make and the status.
 
-Nothing here talks to the API server; `reconcile.py` carries out the plan.
+Nothing here talks to the API server; `reconcile.py` carries out the plan. `decide` runs small steps in order, each
+reading the typed spec and what the steps before it found, and adding its writes to the plan: the artifact claim,
+the training Job (`decide_training`, which returns its writes instead of making them), the version to serve
+(rollout.py), the retained versions, the serving children, then the health, the phase, the conditions and the
+status.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any, Final
 
 from modeldeploy import contracts
-from modeldeploy.spec import apply_defaults, spec_schema
+from modeldeploy.spec import ModelDeployment, ModelDeploymentSpec
 from modeldeploy_operator import builders, drift, naming, rollout
 from modeldeploy_operator.observed import ChildState, DeploymentState, Observed, PodState
 from modeldeploy_operator.settings import Settings
 
-CONDITION_TYPES: Final = (
-    "Trained",
-    "Compressed",
-    "Available",
-    "Progressing",
-    "Degraded",
-    "Ready",
-    "Reconciling",
-    "Stalled",
-)
-# A condition that turns to one of these (type, status) pairs is news worth a Warning event.
-WARNING_STATES: Final = frozenset({("Trained", "False"), ("Degraded", "True"), ("Compressed", "False")})
 
-PHASE_PENDING: Final = "Pending"
-PHASE_TRAINING: Final = "Training"
-PHASE_DEPLOYING: Final = "Deploying"
-PHASE_READY: Final = "Ready"
-PHASE_DEGRADED: Final = "Degraded"
-PHASE_FAILED: Final = "Failed"
+class Phase(StrEnum):
+    """status.phase."""
+
+    PENDING = "Pending"
+    TRAINING = "Training"
+    DEPLOYING = "Deploying"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class Condition(StrEnum):
+    """The types of status.conditions, in the order they are written."""
+
+    TRAINED = "Trained"
+    COMPRESSED = "Compressed"
+    AVAILABLE = "Available"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+
+
+class TrainingState(StrEnum):
+    """Where the current spec's model is."""
+
+    TRAINED = "Trained"
+    TRAINING = "Training"
+    FAILED = "Failed"
+
+
+class Reason(StrEnum):
+    """The reasons this module gives (a failed Job's report and a pod's waiting reason bring their own)."""
+
+    TRAINED = "Trained"
+    IMPORTED = "Imported"
+    TRAINING = "Training"
+    RETRYING = "Retrying"
+    RETRYING_AFTER_OOM_KILLED = "RetryingAfterOOMKilled"
+    OOM_KILLED = "OOMKilled"
+    JOB_FAILED = "JobFailed"
+    POD_FAILING = "PodFailing"
+    CLAIM_PENDING = "ClaimPending"
+    CLAIM_DELETING = "ClaimDeleting"
+    UNSCHEDULABLE = "Unschedulable"
+    CHILD_CONFLICT = "ChildConflict"
+    COMPRESSED = "Compressed"
+    MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
+    NO_DEPLOYMENT = "NoDeployment"
+    REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
+    TRAINING_FAILED = "TrainingFailed"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    PODS_PENDING = "PodsPending"
+    ROLLING_OUT = "RollingOut"
+    PODS_FAILING = "PodsFailing"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    AS_EXPECTED = "AsExpected"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    CANARY_IN_PROGRESS = "CanaryInProgress"
+    STALLED = "Stalled"
+    RECONCILED = "Reconciled"
+    ARTIFACTS_LOST = "ArtifactsLost"
+
+
+CONDITION_TYPES: Final = tuple(Condition)
+# A condition that turns to one of these (type, status) pairs is news worth a Warning event.
+WARNING_STATES: Final = frozenset(
+    {(Condition.TRAINED, "False"), (Condition.DEGRADED, "True"), (Condition.COMPRESSED, "False")}
+)
+# Phases in which nothing more happens until someone acts: kstatus's Stalled, and a Warning event.
+STALLED_PHASES: Final = frozenset({Phase.FAILED, Phase.DEGRADED})
 
 
 @dataclass(frozen=True)
@@ -85,21 +144,45 @@ class Plan:
     raw_conditions: list[dict[str, Any]] = field(default_factory=list)
     """The conditions before a blocker and the merge with the stored ones (`finish` turns them into the status)."""
 
+    def block(self, blocker: Blocker) -> None:
+        """Record a blocker; the first one found is the one the status reports."""
+        self.blocker = self.blocker or blocker
+
 
 @dataclass(frozen=True)
 class Training:
-    """Where the current spec's model is: `state` is Trained, Training or Failed."""
+    """Where the current spec's model is, and the writes that move it on (`decide_training` makes none itself)."""
 
-    state: str
+    state: TrainingState
     reason: str
     message: str
     target: dict[str, Any] | None = None
+    """The version entry of the current spec, once trained."""
+    fresh: bool = False
+    """`target` comes from the Job's report just read: it goes first in status.versions."""
+    create: tuple[dict[str, Any], ...] = ()
+    delete: tuple[tuple[str, str], ...] = ()
+    blocker: Blocker | None = None
+    requeue_after: float = 0.0
 
 
-def normalized_spec(md: dict[str, Any]) -> dict[str, Any]:
-    """The spec with the CRD's defaults (the API server applies them too; this covers objects built in tests)."""
-    spec: dict[str, Any] = apply_defaults(copy.deepcopy(md.get("spec") or {}), spec_schema())
-    return spec
+@dataclass(frozen=True)
+class Inputs:
+    """What every step reads: the ModelDeployment with its typed spec, what the watches saw, the settings and the
+    time."""
+
+    model: ModelDeployment
+    observed: Observed
+    settings: Settings
+    now: str
+
+    @property
+    def spec(self) -> ModelDeploymentSpec:
+        return self.model.spec
+
+    @property
+    def uid(self) -> str:
+        return self.model.uid
 
 
 def version_entry(report: contracts.TrainingReport, short_hash: str, job: str) -> dict[str, Any]:
@@ -149,68 +232,69 @@ def _final_pod(pods: list[PodState]) -> PodState | None:
 
 
 def decide_training(
-    md: dict[str, Any],
+    model: ModelDeployment,
     *,
-    spec: dict[str, Any],
     observed: Observed,
     versions: list[dict[str, Any]],
-    plan: Plan,
     settings: Settings,
     now: str = "",
 ) -> Training:
-    model = md["metadata"]["name"]
-    uid = str(md["metadata"].get("uid") or "")
-    generation = int(md["metadata"].get("generation", 0))
+    """The training (or import) Job of the current spec: where its model is, and the Job to create or delete."""
+    spec = model.spec
     short = naming.short_spec_hash(spec)
-    name = naming.job_name(model, short)
-    verb = "Imported" if "importModel" in spec else "Trained"
+    name = naming.job_name(model.name, short)
+    verb = Reason.IMPORTED if spec.import_model is not None else Reason.TRAINED
     known = next((v for v in versions if v.get("specHash") == short), None)
     if known is not None:
-        return Training("Trained", verb, f"version {known['version']} from Job {known.get('jobName', name)}", known)
+        message = f"version {known['version']} from Job {known.get('jobName', name)}"
+        return Training(TrainingState.TRAINED, verb, message, known)
     job = observed.job(name)
-    if job is not None and job.controller_uid != uid:
-        message = conflict_message(md, "Job", name, _holder(job.controller_uid))
-        plan.blocker = plan.blocker or Blocker("ChildConflict", message)
-        return Training("Training", "ChildConflict", message)
+    if job is not None and job.controller_uid != model.uid:
+        message = conflict_message(model.name, "Job", name, _holder(job.controller_uid))
+        blocker = Blocker(Reason.CHILD_CONFLICT, message)
+        return Training(TrainingState.TRAINING, Reason.CHILD_CONFLICT, message, blocker=blocker)
     if job is None:
-        plan.create.append(builders.build_training_job({**md, "spec": spec}, settings))
         # The same reason and message as a running Job: the watch sees the new Job a moment later, and a status
         # that changed only for that would cost a status write for nothing.
-        return Training("Training", "Training", f"Job {name} is training")
+        created = (builders.build_training_job(model, settings),)
+        return Training(TrainingState.TRAINING, Reason.TRAINING, f"Job {name} is training", create=created)
     if job.deleting:
-        return Training("Training", "Retrying", f"waiting for the previous Job {name} to be removed before retrying")
+        message = f"waiting for the previous Job {name} to be removed before retrying"
+        return Training(TrainingState.TRAINING, Reason.RETRYING, message)
     pods = [p for p in observed.pods if p.job_name == name]
     if job.outcome == "Active":
-        return _active_training(name, pods, observed, plan, now)
+        return _active_training(name, pods, observed, now)
     final = _final_pod(pods)
     oom = next((p for p in pods if p.last_exit_reason == "OOMKilled"), None)
     if job.outcome == "Failed" and oom is not None and not (final and final.termination_message):
         limit = "raise spec.training.resources.limits.memory (or train a smaller model)"
-        return Training("Failed", "OOMKilled", f"Job {name} failed: pod {oom.name} was OOMKilled; {limit}")
+        message = f"Job {name} failed: pod {oom.name} was OOMKilled; {limit}"
+        return Training(TrainingState.FAILED, Reason.OOM_KILLED, message)
     if job.outcome == "Failed":
-        if job.generation < generation:
+        if job.generation < model.generation:
             # A new generation of the spec is a new attempt; the same generation never retries (no retry storm).
-            plan.delete.append(("Job", name))
-            return Training("Training", "Retrying", f"Job {name} failed earlier; retrying for generation {generation}")
+            message = f"Job {name} failed earlier; retrying for generation {model.generation}"
+            return Training(TrainingState.TRAINING, Reason.RETRYING, message, delete=(("Job", name),))
         report = contracts.parse_report(final.termination_message if final else None)
         if report.ok or not (final and final.termination_message):
             message = job.message or "the training Job failed without a report"
-            return Training("Failed", "JobFailed", f"Job {name} failed: {message}; fix the spec to retry")
-        return Training("Failed", report.reason, f"Job {name}: {report.message}")
+            return Training(
+                TrainingState.FAILED, Reason.JOB_FAILED, f"Job {name} failed: {message}; fix the spec to retry"
+            )
+        return Training(TrainingState.FAILED, report.reason, f"Job {name}: {report.message}")
     # Succeeded: the report is in the pod's termination message.
     if final is None:
         if pods:
-            return Training("Training", "Training", f"Job {name} completed; reading its pod's report")
+            return Training(TrainingState.TRAINING, Reason.TRAINING, f"Job {name} completed; reading its pod's report")
         # The pod is gone (deleted by hand or by a TTL) and with it the report: train again; the training
         # program finds the complete version on the volume and reuses it.
-        plan.delete.append(("Job", name))
-        return Training("Training", "Retrying", f"Job {name} completed but its pod and report are gone; re-running")
+        message = f"Job {name} completed but its pod and report are gone; re-running"
+        return Training(TrainingState.TRAINING, Reason.RETRYING, message, delete=(("Job", name),))
     report = contracts.parse_report(final.termination_message)
     if not report.ok:
-        return Training("Failed", report.reason, f"Job {name}: {report.message}")
+        return Training(TrainingState.FAILED, report.reason, f"Job {name}: {report.message}")
     entry = version_entry(report, short, name)
-    versions.insert(0, entry)
-    return Training("Trained", verb, f"version {entry['version']} from Job {name}", entry)
+    return Training(TrainingState.TRAINED, verb, f"version {entry['version']} from Job {name}", entry, fresh=True)
 
 
 def _holder(controller: str) -> str:
@@ -219,9 +303,8 @@ def _holder(controller: str) -> str:
     return "it has no controller owner reference (it was not made by this operator for this ModelDeployment)"
 
 
-def conflict_message(md: dict[str, Any], kind: str, name: str, holder: str) -> str:
+def conflict_message(model: str, kind: str, name: str, holder: str) -> str:
     """What a ChildConflict says: which object, why the operator keeps off it, and what the user can do."""
-    model = md["metadata"]["name"]
     hint = f"delete {kind} {name} if it is not needed (or, if its owner was a deleted ModelDeployment {model}, wait"
     hint += " for the garbage collector to remove it)"
     rename = f"or give this ModelDeployment another name than {model!r}"
@@ -266,21 +349,23 @@ def _seconds_between(earlier: str, later: str) -> float:
     return (end - start).total_seconds()
 
 
-def _active_training(name: str, pods: list[PodState], observed: Observed, plan: Plan, now: str) -> Training:
+def _active_training(name: str, pods: list[PodState], observed: Observed, now: str) -> Training:
     """A running Job, with what keeps its pod from running as the reason: the kubelet's and scheduler's words.
 
     An image that cannot be pulled or a container that cannot be created is a failure (Stalled) until it changes;
     an unschedulable pod (an unbound claim among the causes) is still progress: an autoscaler or a provisioner may
-    fix it, and it is reported once it lasts longer than UNSCHEDULABLE_GRACE_SECONDS.
+    fix it, and it is reported once it lasts longer than UNSCHEDULABLE_GRACE_SECONDS (until then, the result asks
+    for a reconcile when the grace ends).
     """
     live = [p for p in pods if not p.deleting and p.phase in ("Pending", "Running")]
     for pod in live:
         if pod.broken_reason:
             return Training(
-                "Failed",
-                pod.waiting_reason or "PodFailing",
+                TrainingState.FAILED,
+                pod.waiting_reason or Reason.POD_FAILING,
                 f"Job {name}: training pod {pod.name}: {pod.broken_reason}",
             )
+    requeue = 0.0
     for pod in live:
         if not pod.unschedulable_message:
             continue
@@ -289,23 +374,25 @@ def _active_training(name: str, pods: list[PodState], observed: Observed, plan: 
         grace = CLAIM_PENDING_GRACE_SECONDS if claim_pending else UNSCHEDULABLE_GRACE_SECONDS
         waited = _seconds_between(pod.unschedulable_since, now)
         if waited < grace:
-            plan.requeue_after = max(plan.requeue_after, grace - waited + 0.5)
+            requeue = max(requeue, grace - waited + 0.5)
             continue
         if claim is not None and claim_pending:
             message = f"Job {name}: PersistentVolumeClaim {claim.name} is Pending; training pod {pod.name}: "
-            return Training("Training", "ClaimPending", message + pod.unschedulable_message)
+            message += pod.unschedulable_message
+            return Training(TrainingState.TRAINING, Reason.CLAIM_PENDING, message, requeue_after=requeue)
         message = f"Job {name}: training pod {pod.name} cannot be scheduled: {pod.unschedulable_message}"
-        return Training("Training", "Unschedulable", message)
+        return Training(TrainingState.TRAINING, Reason.UNSCHEDULABLE, message, requeue_after=requeue)
     retried = next((p for p in pods if p.last_exit_reason == "OOMKilled"), None)
     if retried is not None:
         message = f"Job {name} is training again: pod {retried.name} was OOMKilled (raise its memory limit)"
-        return Training("Training", "RetryingAfterOOMKilled", message)
-    return Training("Training", "Training", f"Job {name} is training")
+        return Training(TrainingState.TRAINING, Reason.RETRYING_AFTER_OOM_KILLED, message, requeue_after=requeue)
+    return Training(TrainingState.TRAINING, Reason.TRAINING, f"Job {name} is training", requeue_after=requeue)
 
 
 def _condition(kind: str, status: bool | None, reason: str, message: str) -> dict[str, Any]:
+    """One condition; its type and reason as plain strings (the status is JSON and YAML, never enums)."""
     value = "Unknown" if status is None else ("True" if status else "False")
-    return {"type": kind, "status": value, "reason": reason, "message": message}
+    return {"type": str(kind), "status": value, "reason": str(reason), "message": message}
 
 
 def merge_conditions(
@@ -342,9 +429,7 @@ def transition_events(
     flipped = [cond for cond, before in changed if before.get("status") != cond["status"]]
     if old_phase == new_phase and not flipped:
         return []
-    warning = new_phase in (PHASE_FAILED, PHASE_DEGRADED) or any(
-        (cond["type"], cond["status"]) in WARNING_STATES for cond in flipped
-    )
+    warning = new_phase in STALLED_PHASES or any((cond["type"], cond["status"]) in WARNING_STATES for cond in flipped)
     details = "; ".join(f"{cond['type']}={cond['status']} ({cond['reason']}): {cond['message']}" for cond, _ in changed)
     if old_phase != new_phase:
         reason, note = new_phase, f"phase {old_phase or 'none'} -> {new_phase}: {summary}"
@@ -368,10 +453,6 @@ def _retained(
     return kept, dropped
 
 
-def _is_rolled_out(observed: Observed, desired_hash: str, desired: int, version: str) -> bool:
-    return _deployment_rolled_out(observed.deployment, desired_hash, desired, version)
-
-
 def _deployment_rolled_out(dep: DeploymentState | None, desired_hash: str, desired: int, version: str) -> bool:
     return bool(
         dep is not None
@@ -386,154 +467,252 @@ def _deployment_rolled_out(dep: DeploymentState | None, desired_hash: str, desir
     )
 
 
-def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str) -> Plan:
-    """Everything one reconcile does, as data."""
+@dataclass(frozen=True)
+class ServingChoice:
+    """Which versions serve with how many replicas (rollout.py's choice), and the replica count asked for."""
+
+    choice: rollout.Serving
+    desired: int
+    """spec.serving.replicas, or the HPA's count when autoscaled."""
+    autoscaled: bool
+
+    @property
+    def served(self) -> dict[str, Any] | None:
+        return self.choice.stable
+
+    @property
+    def stable_desired(self) -> int:
+        """The main Deployment's replicas: all of them, less the canary's share while one runs."""
+        if self.autoscaled or self.choice.stable_replicas is None:
+            return self.desired
+        return self.choice.stable_replicas
+
+
+@dataclass(frozen=True)
+class Children:
+    """What holding the serving children found: the main Deployment's config hash, whether the canary's Deployment
+    has rolled out, and status.route."""
+
+    deployment_hash: str = ""
+    canary_rolled: bool = True
+    route: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Health:
+    """How the serving side is doing: what the Available, Progressing, Degraded and Ready conditions say."""
+
+    rolled: bool
+    available: bool
+    pending: list[PodState]
+    degraded_reason: str
+    degraded_message: str
+    ready: int
+    desired: int
+
+
+def decide(
+    md: dict[str, Any], observed: Observed, settings: Settings, now: str, *, model: ModelDeployment | None = None
+) -> Plan:
+    """Everything one reconcile does, as data. `model` is `md` parsed (ModelDeployment.from_object), when the caller
+    has it already."""
+    inputs = Inputs(model or ModelDeployment.from_object(md), observed, settings, now)
     plan = Plan()
-    spec = normalized_spec(md)
-    full = {**md, "spec": spec}
-    model = md["metadata"]["name"]
-    namespace = md["metadata"]["namespace"]
-    generation = int(md["metadata"].get("generation", 0))
-    old = md.get("status") or {}
+    old: dict[str, Any] = md.get("status") or {}
     versions = [dict(v) for v in old.get("versions") or [] if isinstance(v, dict) and v.get("version")]
-
-    uid = str(md["metadata"].get("uid") or "")
-
-    def blocked_by(kind: str, child: Any) -> bool:
-        """A child the cache shows under our labels but controlled by someone else: never written, reported."""
-        if child is None or child.controller_uid == uid:
-            return False
-        message = conflict_message(full, kind, child.name, _holder(child.controller_uid))
-        plan.blocker = plan.blocker or Blocker("ChildConflict", message)
-        return True
-
-    claim = builders.build_claim(full)
+    claim = builders.build_claim(inputs.model)
     if claim is not None and versions and (observed.claim is None or observed.claim.deleting):
-        observed, versions = _recover_lost_artifacts(md, claim, observed, versions, plan)
+        inputs, versions = _recover_lost_artifacts(inputs, claim, versions, plan)
         old = {k: v for k, v in old.items() if k != "modelVersion"}
-    if claim is not None and observed.claim is None:
+    _hold_claim(inputs, claim, plan)
+    training = _training(inputs, claim, versions, plan)
+    if training.fresh and training.target is not None:
+        versions = [training.target, *versions]
+    serving = _choose_serving(inputs, training, versions, old, plan)
+    versions = _retain(inputs, training, serving, versions, plan)
+    children = _hold_serving(inputs, serving, old, claim, plan)
+    health = _health(inputs, training, serving, children, plan)
+    phase = _phase(inputs, training, serving, health, plan)
+    conditions = _conditions(training, serving, health, phase, inputs.observed.deployment)
+    plan.phase = phase
+    plan.raw_conditions = conditions
+    plan.status = _status(
+        inputs, training, serving, children, health, phase=phase, conditions=conditions, versions=versions
+    )
+    finish(md, plan, now, plan.blocker)
+    return plan
+
+
+def _blocked_by(inputs: Inputs, plan: Plan, kind: str, child: ChildState | DeploymentState | None) -> bool:
+    """A child the cache shows under our labels but controlled by someone else: never written, reported."""
+    if child is None or child.controller_uid == inputs.uid:
+        return False
+    message = conflict_message(inputs.model.name, kind, child.name, _holder(child.controller_uid))
+    plan.block(Blocker(Reason.CHILD_CONFLICT, message))
+    return True
+
+
+def _hold_claim(inputs: Inputs, claim: dict[str, Any] | None, plan: Plan) -> None:
+    """The artifact claim: created when absent (never updated: a claim's spec cannot change)."""
+    if claim is not None and inputs.observed.claim is None:
         plan.create.append(claim)
     elif claim is not None:
-        blocked_by("PersistentVolumeClaim", observed.claim)
+        _blocked_by(inputs, plan, "PersistentVolumeClaim", inputs.observed.claim)
 
+
+def _training(inputs: Inputs, claim: dict[str, Any] | None, versions: list[dict[str, Any]], plan: Plan) -> Training:
+    """The training step: where the current spec's model is; its Job's writes go into the plan."""
+    observed = inputs.observed
     if claim is not None and observed.claim is not None and observed.claim.deleting:
-        name = observed.claim.name
-        training = Training("Training", "ClaimDeleting", f"waiting for the deleted claim {name} to go, then training")
-    else:
-        training = decide_training(
-            full, spec=spec, observed=observed, versions=versions, plan=plan, settings=settings, now=now
-        )
-    target = training.target
-    # Serving: the current spec's version when trained, else keep serving what was served; a pin or a canary
-    # (spec.serving.modelVersion, spec.serving.canary) chooses among the retained versions (rollout.py).
-    autoscaled = builders.is_autoscaled(spec)
-    dep = observed.deployment
-    desired = int(spec["serving"].get("replicas", 1))
-    if autoscaled:
-        desired = dep.desired if dep is not None else int(spec["serving"]["autoscaling"].get("minReplicas", 1))
+        message = f"waiting for the deleted claim {observed.claim.name} to go, then training"
+        return Training(TrainingState.TRAINING, Reason.CLAIM_DELETING, message)
+    training = decide_training(
+        inputs.model, observed=observed, versions=versions, settings=inputs.settings, now=inputs.now
+    )
+    if training.blocker is not None:
+        plan.block(training.blocker)
+    plan.create.extend(training.create)
+    plan.delete.extend(training.delete)
+    plan.requeue_after = max(plan.requeue_after, training.requeue_after)
+    return training
+
+
+def _choose_serving(
+    inputs: Inputs, training: Training, versions: list[dict[str, Any]], old: dict[str, Any], plan: Plan
+) -> ServingChoice:
+    """Serving: the current spec's version when trained, else keep serving what was served; a pin or a canary
+    (spec.serving.modelVersion, spec.serving.canary) chooses among the retained versions (rollout.py)."""
+    observed = inputs.observed
+    autoscaling = inputs.spec.serving.autoscaling
+    autoscaled = autoscaling is not None and autoscaling.enabled
+    desired = inputs.spec.serving.replicas
+    if autoscaling is not None and autoscaled:
+        dep = observed.deployment
+        desired = dep.desired if dep is not None else autoscaling.min_replicas
     canary_pods = [
         p for p in observed.pods if p.component == naming.COMPONENT_SERVING and p.track == naming.TRACK_CANARY
     ]
     choice = rollout.choose_serving(
-        spec,
-        target=target,
+        inputs.spec,
+        target=training.target,
         versions=versions,
         old_status=old,
         total_replicas=desired,
         canary_deployment=observed.canary,
         canary_pods=canary_pods,
         metrics=observed.canary_metrics,
-        now=now,
+        now=inputs.now,
     )
-    served = choice.stable
     for kind, reason, message in choice.notes:
         plan.notices.append(Event(kind, reason, message))
     if choice.requeue_after:
         plan.requeue_after = (
             min(plan.requeue_after, choice.requeue_after) if plan.requeue_after else choice.requeue_after
         )
+    return ServingChoice(choice, desired, autoscaled)
 
-    # Retention: the newest retainVersions versions stay (their Jobs and artifacts), plus whatever is served,
-    # pinned or canaried.
-    pinned = {str(v["version"]) for v in (target, served, choice.canary) if v}
-    pinned |= {str(spec["serving"]["modelVersion"])} if spec["serving"].get("modelVersion") else set()
+
+def _retain(
+    inputs: Inputs, training: Training, serving: ServingChoice, versions: list[dict[str, Any]], plan: Plan
+) -> list[dict[str, Any]]:
+    """Retention: the newest retainVersions versions stay (their Jobs and artifacts), plus whatever is served,
+    pinned or canaried; the others' Jobs are deleted and their artifacts removed by a cleanup Job."""
+    spec, observed = inputs.spec, inputs.observed
+    pinned = {str(v["version"]) for v in (training.target, serving.served, serving.choice.canary) if v}
+    pinned |= {str(spec.serving.model_version)} if spec.serving.model_version else set()
     # Pods of a previous version may still be serving from its directory until the rollout is done.
     pinned |= {p.version for p in observed.pods if p.component == naming.COMPONENT_SERVING and p.version}
-    versions, dropped = _retained(versions, int(spec.get("retainVersions", 3)), pinned)
+    versions, dropped = _retained(versions, spec.retain_versions, pinned)
     kept_hashes = {v.get("specHash") for v in versions} | {naming.short_spec_hash(spec)}
     for job in observed.jobs:
         if (
             job.component == naming.COMPONENT_TRAINING
             and job.spec_hash not in kept_hashes
             and not job.deleting
-            and job.controller_uid == uid
+            and job.controller_uid == inputs.uid
         ):
             plan.delete.append(("Job", job.name))
     kept_paths = {v.get("path") for v in versions}
     doomed = [v for v in dropped if v.get("path") and v.get("path") not in kept_paths and not v.get("reused")]
-    if doomed and not builders.storage_uri(spec):  # versions in object storage stay (docs/object-storage.md)
-        plan.create.append(builders.build_cleanup_job(full, doomed, settings))
+    if doomed and not spec.storage_uri:  # versions in object storage stay (docs/object-storage.md)
+        plan.create.append(builders.build_cleanup_job(inputs.model, doomed, inputs.settings))
+    return versions
+
+
+def _hold_serving(
+    inputs: Inputs, serving: ServingChoice, old: dict[str, Any], claim: dict[str, Any] | None, plan: Plan
+) -> Children:
+    """The writes that hold the serving children (and the claim's metadata) to what the spec and the choice say."""
+    model, observed, settings = inputs.model, inputs.observed, inputs.settings
+    choice, served = serving.choice, serving.served
+
+    def blocked_by(kind: str, child: Any) -> bool:
+        return _blocked_by(inputs, plan, kind, child)
 
     deployment_hash = ""
-    stable_desired = desired if autoscaled or choice.stable_replicas is None else choice.stable_replicas
     if served is not None:
-        stable_replicas = None if autoscaled else choice.stable_replicas
-        deployment = builders.build_deployment(full, served, settings, replicas=stable_replicas)
+        stable_replicas = None if serving.autoscaled else choice.stable_replicas
+        deployment = builders.build_deployment(model, served, settings, replicas=stable_replicas)
         deployment_hash = deployment["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH]
-        _hold(plan, deployment, dep, blocked_by)
-        _hold(plan, builders.build_service(full), observed.service, blocked_by)
+        _hold(plan, deployment, observed.deployment, blocked_by)
+        _hold(plan, builders.build_service(model), observed.service, blocked_by)
     canary_rolled = True
     if served is not None and choice.canary is not None:
-        canary = builders.build_canary_deployment(full, choice.canary, settings, choice.canary_replicas)
+        canary = builders.build_canary_deployment(model, choice.canary, settings, choice.canary_replicas)
         canary_hash = canary["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH]
         _hold(plan, canary, observed.canary, blocked_by)
         canary_rolled = _deployment_rolled_out(
             observed.canary, canary_hash, choice.canary_replicas, str(choice.canary["version"])
         )
-    route_status = _hold_gateway(
-        plan, full, old=old, observed=observed, choice=choice, served=served, blocked_by=blocked_by
-    )
-    hpa = builders.build_hpa(full)
-    if hpa is not None and served is not None:
-        _hold(plan, hpa, observed.hpa, blocked_by)
-    elif hpa is None and observed.hpa is not None and observed.hpa.controller_uid == uid:
-        plan.delete.append(("HorizontalPodAutoscaler", observed.hpa.name))
-    policy = builders.build_network_policy(full)
-    if policy is not None and served is not None:
-        _hold(plan, policy, observed.network_policy, blocked_by)
-    elif policy is None and observed.network_policy is not None and observed.network_policy.controller_uid == uid:
-        plan.delete.append(("NetworkPolicy", observed.network_policy.name))
-    pdb = builders.build_pdb(full)
-    if pdb is not None and served is not None:
-        _hold(plan, pdb, observed.pdb, blocked_by)
-    elif pdb is None and observed.pdb is not None and observed.pdb.controller_uid == uid:
-        plan.delete.append(("PodDisruptionBudget", observed.pdb.name))
-    if claim is not None and observed.claim is not None and observed.claim.controller_uid == uid:
+    route = _hold_gateway(plan, model, old=old, observed=observed, choice=choice, served=served, blocked_by=blocked_by)
+    for kind, manifest, child in (
+        ("HorizontalPodAutoscaler", builders.build_hpa(model), observed.hpa),
+        ("NetworkPolicy", builders.build_network_policy(model), observed.network_policy),
+        ("PodDisruptionBudget", builders.build_pdb(model), observed.pdb),
+    ):
+        # Each exists only while the spec asks for it: deleted when it no longer does.
+        if manifest is not None and served is not None:
+            _hold(plan, manifest, child, blocked_by)
+        elif manifest is None and child is not None and child.controller_uid == inputs.uid:
+            plan.delete.append((kind, child.name))
+    if claim is not None and observed.claim is not None and observed.claim.controller_uid == inputs.uid:
         # A claim's spec cannot change after creation: only its labels, annotations and owner are held.
         where = drift.drift_of(claim, observed.claim.owned, metadata_only=True) if observed.claim.owned else ""
         if where:
             plan.apply.append(claim_metadata(claim))
             plan.drifted.append(f"{claim['kind']} {claim['metadata']['name']} at {where}")
+    return Children(deployment_hash, canary_rolled, route)
 
+
+def _health(inputs: Inputs, training: Training, serving: ServingChoice, children: Children, plan: Plan) -> Health:
+    """Rolled out, available, pending, degraded: from the serving pods and Deployments. A canary that is no longer
+    wanted is scaled to zero here (once the main Deployment serves its version, if it was promoted)."""
+    observed = inputs.observed
+    choice, served = serving.choice, serving.served
+    dep = observed.deployment
     serving_pods = [p for p in observed.pods if p.component == naming.COMPONENT_SERVING and not p.deleting]
     # A canary's failing pods are the canary's verdict (a rollback), not the stable version's degradation.
     broken = [p for p in serving_pods if p.broken_reason and p.track != naming.TRACK_CANARY]
     pending = [p for p in serving_pods if p.phase == "Pending"]
     rolled = (
-        target is not None
+        training.target is not None
         and served is not None
-        and _is_rolled_out(observed, deployment_hash, stable_desired, str(served["version"]))
+        and _deployment_rolled_out(dep, children.deployment_hash, serving.stable_desired, str(served["version"]))
     )
     canary_dep = observed.canary
-    if canary_dep is not None and canary_dep.controller_uid == uid and choice.canary is None and canary_dep.desired:
+    if (
+        canary_dep is not None
+        and canary_dep.controller_uid == inputs.uid
+        and choice.canary is None
+        and canary_dep.desired
+    ):
         # A promoted canary's pods serve until the main Deployment has rolled to their version; a rolled-back or
         # unwanted one stops at once. Scaled to zero rather than deleted: the next canary reuses it, and the
         # operator needs no right to delete Deployments.
-        promoted = (choice.status or {}).get("state") == rollout.STATE_PROMOTED
+        promoted = (choice.status or {}).get("state") == rollout.CanaryState.PROMOTED
         if rolled or not promoted or canary_dep.model_version != str(served["version"] if served else ""):
             plan.patch.append(("Deployment", canary_dep.name, {"spec": {"replicas": 0}}))
-    if rolled and not canary_rolled:
-        rolled = False
+    rolled = rolled and children.canary_rolled
     available = dep is not None and dep.available_condition and dep.available > 0
     degraded_message = ""
     if broken:
@@ -542,92 +721,129 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
         degraded_message += f" ({first.restarts} restarts)" if first.restarts else ""
     elif dep is not None and dep.deadline_exceeded:
         degraded_message = f"Deployment {dep.name} exceeded its progress deadline"
-    degraded_reason = "PodsFailing" if broken else ("ProgressDeadlineExceeded" if degraded_message else "AsExpected")
+    degraded_reason: str = (
+        Reason.PODS_FAILING
+        if broken
+        else (Reason.PROGRESS_DEADLINE_EXCEEDED if degraded_message else Reason.AS_EXPECTED)
+    )
     if choice.problem is not None and not degraded_message:
         degraded_message, degraded_reason = choice.problem.message, choice.problem.reason
-    failed = training.state == "Failed"
-    ready_count = dep.ready if dep is not None else 0
+    ready = dep.ready if dep is not None else 0
+    desired = serving.desired
     if choice.canary is not None and observed.canary is not None:
-        ready_count += observed.canary.ready
-        desired = stable_desired + choice.canary_replicas
+        ready += observed.canary.ready
+        desired = serving.stable_desired + choice.canary_replicas
+    return Health(rolled, available, pending, degraded_reason, degraded_message, ready, desired)
 
-    if failed:
-        phase = PHASE_FAILED
-    elif degraded_message:
-        phase = PHASE_DEGRADED
-    elif target is None:
-        phase = PHASE_TRAINING if observed.jobs or plan.create else PHASE_PENDING
-    elif not rolled or choice.canary is not None:
-        phase = PHASE_DEPLOYING
+
+def _phase(inputs: Inputs, training: Training, serving: ServingChoice, health: Health, plan: Plan) -> Phase:
+    if training.state == TrainingState.FAILED:
+        return Phase.FAILED
+    if health.degraded_message:
+        return Phase.DEGRADED
+    if training.target is None:
+        return Phase.TRAINING if inputs.observed.jobs or plan.create else Phase.PENDING
+    if not health.rolled or serving.choice.canary is not None:
+        return Phase.DEPLOYING
+    return Phase.READY
+
+
+def _conditions(
+    training: Training, serving: ServingChoice, health: Health, phase: Phase, dep: DeploymentState | None
+) -> list[dict[str, Any]]:
+    """The conditions before `finish` adds kstatus's Reconciling and Stalled and merges them with the stored ones."""
+    ready, desired = health.ready, health.desired
+    if health.available:
+        available_reason = Reason.MINIMUM_REPLICAS_AVAILABLE
     else:
-        phase = PHASE_READY
-
+        available_reason = Reason.NO_DEPLOYMENT if dep is None else Reason.REPLICAS_UNAVAILABLE
     conditions = [
-        _condition(
-            "Trained",
-            training.state == "Trained",
-            training.reason,
-            training.message,
-        ),
+        _condition(Condition.TRAINED, training.state == TrainingState.TRAINED, training.reason, training.message),
         _compressed_condition(training),
         _condition(
-            "Available",
-            available,
-            "MinimumReplicasAvailable" if available else ("NoDeployment" if dep is None else "ReplicasUnavailable"),
-            f"{ready_count}/{desired} serving replicas ready" if dep is not None else "no inference Deployment yet",
+            Condition.AVAILABLE,
+            health.available,
+            available_reason,
+            f"{ready}/{desired} serving replicas ready" if dep is not None else "no inference Deployment yet",
         ),
-        _progressing_condition(phase, training, rolled=rolled, pending=pending, ready=ready_count, desired=desired),
-        _condition("Degraded", bool(degraded_message), degraded_reason, degraded_message or "no failures"),
-        _ready_condition(phase, training, ready=ready_count, desired=desired, served=served, degraded=degraded_message),
+        _progressing_condition(
+            phase, training, rolled=health.rolled, pending=health.pending, ready=ready, desired=desired
+        ),
+        _condition(
+            Condition.DEGRADED,
+            bool(health.degraded_message),
+            health.degraded_reason,
+            health.degraded_message or "no failures",
+        ),
+        _ready_condition(
+            phase,
+            training,
+            ready=ready,
+            desired=desired,
+            served=serving.served,
+            degraded=health.degraded_message,
+        ),
     ]
-    _rollout_conditions(conditions, choice, phase, degraded_reason)
-    plan.phase = phase
-    plan.raw_conditions = conditions
+    _rollout_conditions(conditions, serving.choice, phase, health.degraded_reason)
+    return conditions
+
+
+def _status(
+    inputs: Inputs,
+    training: Training,
+    serving: ServingChoice,
+    children: Children,
+    health: Health,
+    *,
+    phase: Phase,
+    conditions: list[dict[str, Any]],
+    versions: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The status, before `finish` settles the phase and the conditions."""
+    model, spec, choice, served = inputs.model, inputs.spec, serving.choice, serving.served
+    dep = inputs.observed.deployment
+    short = naming.short_spec_hash(spec)
     status: dict[str, Any] = {
-        "observedGeneration": generation,
-        "phase": phase,
+        "observedGeneration": model.generation,
+        "phase": str(phase),
         "conditions": conditions,
-        "specHash": naming.short_spec_hash(spec),
+        "specHash": short,
         "replicas": dep.replicas if dep is not None else 0,
-        "readyReplicas": ready_count,
-        "desiredReplicas": desired,
-        "readyDisplay": f"{ready_count}/{desired}",
-        "selector": naming.selector_string(naming.serving_selector(model)),
+        "readyReplicas": health.ready,
+        "desiredReplicas": health.desired,
+        "readyDisplay": f"{health.ready}/{health.desired}",
+        "selector": naming.selector_string(naming.serving_selector(model.name)),
         "versions": versions,
     }
     if served is not None:
         status["modelVersion"] = served["version"]
         status["modelPath"] = served.get("path")
-        status["endpoint"] = f"http://{naming.serving_name(model)}.{namespace}.svc:{spec['serving']['port']}"
-    if route_status:
-        status["route"] = route_status
+        status["endpoint"] = f"http://{naming.serving_name(model.name)}.{model.namespace}.svc:{spec.serving.port}"
+    if children.route:
+        status["route"] = children.route
     if choice.pinned:
         status["pinned"] = True
     if choice.status is not None:
         status["canary"] = choice.status
+    target = training.target
     if target is not None:
         status["training"] = _training_status(target)
         status["compression"] = _compression_status(target, spec)
-    elif training.state == "Failed":
+    elif training.state == TrainingState.FAILED:
         status["training"] = {
-            "jobName": naming.job_name(model, naming.short_spec_hash(spec)),
-            "specHash": naming.short_spec_hash(spec),
-            "failureReason": training.reason,
+            "jobName": naming.job_name(model.name, short),
+            "specHash": short,
+            "failureReason": str(training.reason),
             "message": training.message,
         }
     else:
-        status["training"] = {
-            "jobName": naming.job_name(model, naming.short_spec_hash(spec)),
-            "specHash": naming.short_spec_hash(spec),
-        }
-    plan.status = status
-    finish(md, plan, now, plan.blocker)
-    return plan
+        status["training"] = {"jobName": naming.job_name(model.name, short), "specHash": short}
+    return status
 
 
 def _hold_gateway(
     plan: Plan,
-    full: dict[str, Any],
+    model: ModelDeployment,
     *,
     old: dict[str, Any],
     observed: Observed,
@@ -641,14 +857,15 @@ def _hold_gateway(
     operator's startup), so the route is applied when what it should be changed since the last successful apply
     (status.route.configHash), not on drift.
     """
-    if served is None or not full["spec"]["serving"].get("gateway"):
+    if served is None or model.spec.serving.gateway is None:
         return {}
     for track in (naming.TRACK_STABLE, naming.TRACK_CANARY):
-        service = builders.build_track_service(full, track)
+        service = builders.build_track_service(model, track)
         child = next((s for s in observed.track_services if s.name == service["metadata"]["name"]), None)
         _hold(plan, service, child, blocked_by)
-    percent = int(full["spec"]["serving"]["canary"]["trafficPercent"]) if choice.canary is not None else 0
-    route = builders.build_http_route(full, percent)
+    canary = model.spec.serving.canary
+    percent = canary.traffic_percent if choice.canary is not None and canary is not None else 0
+    route = builders.build_http_route(model, percent)
     if route is None:
         return {}
     digest = route["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH]
@@ -658,18 +875,18 @@ def _hold_gateway(
 
 
 def _rollout_conditions(
-    conditions: list[dict[str, Any]], choice: rollout.Serving, phase: str, degraded_reason: str
+    conditions: list[dict[str, Any]], choice: rollout.Serving, phase: Phase, degraded_reason: str
 ) -> None:
     """What a pin or a canary adds to the conditions: a running canary is progress (not Ready yet), a rolled-back
     one or a pin of a version that is not retained is Degraded with its reason (kstatus and Argo CD read these)."""
     by_type = {c["type"]: c for c in conditions}
-    ready, progressing = by_type["Ready"], by_type["Progressing"]
-    if phase == PHASE_DEGRADED:
-        ready["reason"] = degraded_reason if choice.problem is not None else ready["reason"]
+    ready, progressing = by_type[Condition.READY], by_type[Condition.PROGRESSING]
+    if phase == Phase.DEGRADED:
+        ready["reason"] = str(degraded_reason) if choice.problem is not None else ready["reason"]
         return
-    if choice.canary is not None and phase in (PHASE_DEPLOYING, PHASE_READY):
-        progressing.update(status="True", reason="CanaryInProgress", message=choice.progress)
-        ready.update(status="False", reason="CanaryInProgress", message=choice.progress)
+    if choice.canary is not None and phase in (Phase.DEPLOYING, Phase.READY):
+        progressing.update(status="True", reason=str(Reason.CANARY_IN_PROGRESS), message=choice.progress)
+        ready.update(status="False", reason=str(Reason.CANARY_IN_PROGRESS), message=choice.progress)
     elif choice.pinned and ready["status"] == "True":
         ready["message"] = ready["message"].replace(":", " (pinned: spec.serving.modelVersion):", 1)
 
@@ -685,66 +902,70 @@ def finish(md: dict[str, Any], plan: Plan, now: str, blocker: Blocker | None) ->
     phase = plan.phase
     conditions = [dict(c) for c in plan.raw_conditions]
     if blocker is not None:
-        phase = PHASE_FAILED
+        phase = Phase.FAILED
         for cond in conditions:
-            if cond["type"] == "Ready" or cond["type"] == "Progressing":
-                cond.update(status="False", reason=blocker.reason, message=blocker.message)
-    ready = next(c for c in conditions if c["type"] == "Ready")
-    progressing = next(c for c in conditions if c["type"] == "Progressing")
-    stalled = phase in (PHASE_FAILED, PHASE_DEGRADED)
-    reconciling = not stalled and phase != PHASE_READY
+            if cond["type"] in (Condition.READY, Condition.PROGRESSING):
+                cond.update(status="False", reason=str(blocker.reason), message=blocker.message)
+    ready = next(c for c in conditions if c["type"] == Condition.READY)
+    progressing = next(c for c in conditions if c["type"] == Condition.PROGRESSING)
+    stalled = phase in STALLED_PHASES
+    reconciling = not stalled and phase != Phase.READY
     conditions.append(
-        _condition("Reconciling", reconciling, progressing["reason"], progressing["message"])
+        _condition(Condition.RECONCILING, reconciling, progressing["reason"], progressing["message"])
         if reconciling
-        else _condition("Reconciling", False, "Stalled" if stalled else "Reconciled", ready["message"])
+        else _condition(
+            Condition.RECONCILING, False, Reason.STALLED if stalled else Reason.RECONCILED, ready["message"]
+        )
     )
     conditions.append(
-        _condition("Stalled", True, ready["reason"], ready["message"])
+        _condition(Condition.STALLED, True, ready["reason"], ready["message"])
         if stalled
-        else _condition("Stalled", False, "AsExpected", "nothing is blocked")
+        else _condition(Condition.STALLED, False, Reason.AS_EXPECTED, "nothing is blocked")
     )
     conditions = merge_conditions(old.get("conditions") or [], conditions, generation, now)
     events = transition_events(
         old.get("conditions") or [], conditions, str(old.get("phase") or ""), phase, ready["message"]
     )
-    previous_ready: dict[str, Any] = next((c for c in old.get("conditions") or [] if c.get("type") == "Ready"), {})
+    previous_ready: dict[str, Any] = next(
+        (c for c in old.get("conditions") or [] if c.get("type") == Condition.READY), {}
+    )
     if blocker is not None and previous_ready.get("reason") != blocker.reason:
         # The event that reports the block carries its reason (once: later news while blocked keeps its own).
         events = [Event("Warning", blocker.reason, e.message) for e in events]
-    plan.status = {**plan.status, "phase": phase, "conditions": conditions}
+    plan.status = {**plan.status, "phase": str(phase), "conditions": conditions}
     plan.events = [*plan.notices, *events]
 
 
 def _recover_lost_artifacts(
-    md: dict[str, Any], claim: dict[str, Any], observed: Observed, versions: list[dict[str, Any]], plan: Plan
-) -> tuple[Observed, list[dict[str, Any]]]:
+    inputs: Inputs, claim: dict[str, Any], versions: list[dict[str, Any]], plan: Plan
+) -> tuple[Inputs, list[dict[str, Any]]]:
     """The operator's artifact claim was deleted: every version on it is gone. Start again from nothing.
 
     The versions leave the status, the training Jobs go (a completed Job's report names an artifact that no longer
     exists: nothing is reused), the Deployment goes (its pods hold the old claim, which cannot finish deleting
     while they run); a new claim is made once the old one is gone, then the current spec trains again.
     """
-    uid = str(md["metadata"].get("uid") or "")
+    observed = inputs.observed
     name = claim["metadata"]["name"]
     if observed.claim is None:
         plan.verify_gone = name  # the watch may only have lost it (its labels edited away): reconcile reads it
     for job in observed.jobs:
-        if job.controller_uid == uid and not job.deleting and job.component == naming.COMPONENT_TRAINING:
+        if job.controller_uid == inputs.uid and not job.deleting and job.component == naming.COMPONENT_TRAINING:
             plan.delete.append(("Job", job.name))
     dep = observed.deployment
-    if dep is not None and dep.controller_uid == uid:
+    if dep is not None and dep.controller_uid == inputs.uid:
         plan.delete.append(("Deployment", dep.name))
     lost = ", ".join(str(v["version"]) for v in versions)
     plan.notices.append(
         Event(
             "Warning",
-            "ArtifactsLost",
+            Reason.ARTIFACTS_LOST,
             f"PersistentVolumeClaim {name} was deleted, and with it version(s) {lost}: the serving Deployment is "
             "removed so that the claim can go, and the current spec trains again on a new claim",
         )
     )
     kept_pods = tuple(p for p in observed.pods if p.component != naming.COMPONENT_TRAINING)
-    return replace(observed, jobs=(), pods=kept_pods, deployment=None), []
+    return replace(inputs, observed=replace(observed, jobs=(), pods=kept_pods, deployment=None)), []
 
 
 def claim_metadata(claim: dict[str, Any]) -> dict[str, Any]:
@@ -791,43 +1012,42 @@ def _compressed_condition(training: Training) -> dict[str, Any]:
         size, fp32 = target.get("sizeBytes"), target.get("fp32SizeBytes")
         sizes = f", {size} bytes (fp32 {fp32})" if size is not None else ""
         accuracy = f", accuracy {target['accuracy']:.4f}" if "accuracy" in target else ""
-        return _condition(
-            "Compressed", True, "Compressed", f"ONNX {target.get('quantization', 'fp32')}{sizes}{accuracy}"
-        )
-    if training.state == "Failed":
-        return _condition("Compressed", False, training.reason, training.message)
-    return _condition("Compressed", None, "Training", "waiting for the training Job")
+        message = f"ONNX {target.get('quantization', 'fp32')}{sizes}{accuracy}"
+        return _condition(Condition.COMPRESSED, True, Reason.COMPRESSED, message)
+    if training.state == TrainingState.FAILED:
+        return _condition(Condition.COMPRESSED, False, training.reason, training.message)
+    return _condition(Condition.COMPRESSED, None, Reason.TRAINING, "waiting for the training Job")
 
 
 def _progressing_condition(
-    phase: str, training: Training, *, rolled: bool, pending: list[PodState], ready: int, desired: int
+    phase: Phase, training: Training, *, rolled: bool, pending: list[PodState], ready: int, desired: int
 ) -> dict[str, Any]:
-    if phase == PHASE_FAILED:
-        return _condition("Progressing", False, "TrainingFailed", training.message)
-    if training.state == "Training":
-        return _condition("Progressing", True, training.reason, training.message)
+    if phase == Phase.FAILED:
+        return _condition(Condition.PROGRESSING, False, Reason.TRAINING_FAILED, training.message)
+    if training.state == TrainingState.TRAINING:
+        return _condition(Condition.PROGRESSING, True, training.reason, training.message)
     if rolled:
-        return _condition("Progressing", False, "RolloutComplete", f"{ready}/{desired} replicas ready")
+        return _condition(Condition.PROGRESSING, False, Reason.ROLLOUT_COMPLETE, f"{ready}/{desired} replicas ready")
     if pending:
         detail = pending[0].unschedulable_message
         message = f"{len(pending)} serving pod(s) Pending" + (f": {detail}" if detail else "")
-        return _condition("Progressing", True, "PodsPending", message)
-    return _condition("Progressing", True, "RollingOut", f"{ready}/{desired} replicas ready")
+        return _condition(Condition.PROGRESSING, True, Reason.PODS_PENDING, message)
+    return _condition(Condition.PROGRESSING, True, Reason.ROLLING_OUT, f"{ready}/{desired} replicas ready")
 
 
 def _ready_condition(
-    phase: str, training: Training, *, ready: int, desired: int, served: dict[str, Any] | None, degraded: str
+    phase: Phase, training: Training, *, ready: int, desired: int, served: dict[str, Any] | None, degraded: str
 ) -> dict[str, Any]:
-    if phase == PHASE_READY:
+    if phase == Phase.READY:
         version = served["version"] if served else ""
-        return _condition("Ready", True, "Ready", f"version {version}: {ready}/{desired} replicas ready")
-    if phase == PHASE_FAILED:
-        return _condition("Ready", False, "TrainingFailed", training.message)
-    if phase == PHASE_DEGRADED:
-        return _condition("Ready", False, "Degraded", degraded)
-    if phase in (PHASE_TRAINING, PHASE_PENDING):
-        return _condition("Ready", False, "Training", training.message)
-    return _condition("Ready", False, "RollingOut", f"{ready}/{desired} replicas ready")
+        return _condition(Condition.READY, True, Reason.READY, f"version {version}: {ready}/{desired} replicas ready")
+    if phase == Phase.FAILED:
+        return _condition(Condition.READY, False, Reason.TRAINING_FAILED, training.message)
+    if phase == Phase.DEGRADED:
+        return _condition(Condition.READY, False, Reason.DEGRADED, degraded)
+    if phase in (Phase.TRAINING, Phase.PENDING):
+        return _condition(Condition.READY, False, Reason.TRAINING, training.message)
+    return _condition(Condition.READY, False, Reason.ROLLING_OUT, f"{ready}/{desired} replicas ready")
 
 
 def _training_status(entry: dict[str, Any]) -> dict[str, Any]:
@@ -835,8 +1055,8 @@ def _training_status(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: entry[k] for k in keys if k in entry}
 
 
-def _compression_status(entry: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"requested": spec["compression"].get("quantization", "auto")}
+def _compression_status(entry: dict[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"requested": spec.compression.quantization}
     for key in ("quantization", "accuracy", "sizeBytes", "fp32SizeBytes", "tflite"):
         if key in entry:
             out[key] = entry[key]

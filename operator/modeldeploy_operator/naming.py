@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Final
+from typing import Final
 
-from modeldeploy import contracts
+from modeldeploy.spec import ModelDeploymentSpec
 
 MANAGED_BY: Final = "modeldeploy-operator"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
@@ -36,14 +36,14 @@ SERVING_CONTAINER: Final = "serving"
 SHORT_HASH: Final = 12
 
 
-def short_spec_hash(spec: dict[str, Any]) -> str:
-    """The first 12 hex digits of contracts.spec_hash: what names a training Job and labels its pod."""
-    return contracts.spec_hash(spec)[:SHORT_HASH]
+def short_spec_hash(spec: ModelDeploymentSpec) -> str:
+    """The first 12 hex digits of the spec's hash (contracts.spec_hash): what names a training Job and labels its
+    pod."""
+    return spec.hash[:SHORT_HASH]
 
 
-def claim_name(model: str, spec: dict[str, Any]) -> str:
-    existing = (spec.get("storage") or {}).get("existingClaim")
-    return str(existing) if existing else f"{model}-models"
+def claim_name(model: str, spec: ModelDeploymentSpec) -> str:
+    return spec.storage.existing_claim or f"{model}-models"
 
 
 def job_name(model: str, short_hash: str) -> str:

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from modeldeploy.spec import ModelDeployment
 from modeldeploy_operator import builders, naming, rollout
 from modeldeploy_operator import decide as deciding
 from modeldeploy_operator.observed import CanaryMetrics, Observed, controller_description, controller_uid
@@ -40,11 +41,11 @@ def _is_final(err: StorageError) -> bool:
     return not isinstance(err, TransientError | NotFoundError | FencedError)
 
 
-def _with_canary_metrics(kube: Kube, md: dict[str, Any], observed: Observed) -> Observed:
+def _with_canary_metrics(kube: Kube, md: dict[str, Any], model: ModelDeployment, observed: Observed) -> Observed:
     """While a canary's error rate is watched (spec.serving.canary.maxErrorRate), its serving pods' request counts,
     read from their /metrics through the API server. A pod that cannot be read leaves the rate unknown (None):
     the decision then neither promotes nor rolls back on the rate until the window ends."""
-    version = rollout.wants_metrics(md)
+    version = rollout.wants_metrics(model.spec, md.get("status") or {})
     pods = [
         p
         for p in observed.pods
@@ -53,7 +54,7 @@ def _with_canary_metrics(kube: Kube, md: dict[str, Any], observed: Observed) -> 
     if not pods:
         return observed
     namespace = md["metadata"]["namespace"]
-    port = int(((md.get("spec") or {}).get("serving") or {}).get("port", 8080))
+    port = model.spec.serving.port
     requests = errors = 0
     for pod in pods:
         try:
@@ -73,8 +74,9 @@ def reconcile(kube: Kube, md: dict[str, Any], observed: Observed, settings: Sett
     errors propagate, and the runtime retries with backoff.
     """
     now = now_rfc3339()
-    observed = _with_canary_metrics(kube, md, observed)
-    plan = deciding.decide(md, observed, settings, now)
+    model = ModelDeployment.from_object(md)
+    observed = _with_canary_metrics(kube, md, model, observed)
+    plan = deciding.decide(md, observed, settings, now, model=model)
     outcome = Outcome()
     namespace = md["metadata"]["namespace"]
     uid = str(md["metadata"].get("uid") or "")
@@ -94,7 +96,7 @@ def reconcile(kube: Kube, md: dict[str, Any], observed: Observed, settings: Sett
             return False
         if controller_uid(existing) == uid:
             return False
-        message = deciding.conflict_message(md, kind, name, controller_description(existing))
+        message = deciding.conflict_message(md["metadata"]["name"], kind, name, controller_description(existing))
         blocker = blocker or deciding.Blocker("ChildConflict", message)
         return True
 
@@ -107,7 +109,7 @@ def reconcile(kube: Kube, md: dict[str, Any], observed: Observed, settings: Sett
             # Not lost: the watch no longer sees it (its labels were edited away). Put its metadata back and act
             # on nothing else: the next reconcile sees the claim and its versions again.
             if controller_uid(claim) == uid:
-                built = builders.build_claim({**md, "spec": deciding.normalized_spec(md)})
+                built = builders.build_claim(model)
                 if built is not None:
                     kube.apply(deciding.claim_metadata(built))
                     outcome.writes.append(f"applied PersistentVolumeClaim {plan.verify_gone} (labels restored)")

@@ -19,13 +19,19 @@ from __future__ import annotations
 import datetime
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Final
 
+from modeldeploy.spec import Canary, ModelDeploymentSpec
 from modeldeploy_operator.observed import CanaryMetrics, DeploymentState, PodState
 
-STATE_PROGRESSING: Final = "Progressing"
-STATE_PROMOTED: Final = "Promoted"
-STATE_ROLLED_BACK: Final = "RolledBack"
+
+class CanaryState(StrEnum):
+    """status.canary.state."""
+
+    PROGRESSING = "Progressing"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
 
 
 @dataclass(frozen=True)
@@ -82,12 +88,12 @@ def request_counts(metrics_text: str) -> CanaryMetrics:
     return CanaryMetrics(requests=requests, errors=errors)
 
 
-def wants_metrics(md: dict[str, Any]) -> str:
+def wants_metrics(spec: ModelDeploymentSpec, status: dict[str, Any]) -> str:
     """The canary version whose pods' metrics the next decision needs ("" when none): while a canary with
     spec.serving.canary.maxErrorRate runs."""
-    canary = ((md.get("spec") or {}).get("serving") or {}).get("canary") or {}
-    state = (md.get("status") or {}).get("canary") or {}
-    if canary.get("maxErrorRate") is None or state.get("state") != STATE_PROGRESSING:
+    canary = spec.serving.canary
+    state = status.get("canary") or {}
+    if canary is None or canary.max_error_rate is None or state.get("state") != CanaryState.PROGRESSING:
         return ""
     return str(state.get("version") or "")
 
@@ -121,7 +127,7 @@ def _entry(versions: list[dict[str, Any]], version: Any) -> dict[str, Any] | Non
 
 
 def choose_serving(
-    spec: dict[str, Any],
+    spec: ModelDeploymentSpec,
     *,
     target: dict[str, Any] | None,
     versions: list[dict[str, Any]],
@@ -134,10 +140,9 @@ def choose_serving(
 ) -> Serving:
     """Decide the stable and canary versions from the spec, the newest trained version `target` (the current
     spec's, None while it trains) and what the previous status recorded."""
-    serving = spec.get("serving") or {}
     previous = _entry(versions, old_status.get("modelVersion"))
     current = previous or target
-    pin = serving.get("modelVersion")
+    pin = spec.serving.model_version
     if pin:
         entry = _entry(versions, pin)
         if entry is not None:
@@ -149,51 +154,57 @@ def choose_serving(
             "or remove spec.serving.modelVersion to serve the newest"
         )
         return Serving(stable=current, problem=Problem("VersionNotRetained", message))
-    canary = serving.get("canary")
+    canary = spec.serving.canary
     if target is None:
         return Serving(stable=current)
     old_canary = old_status.get("canary") or {}
     same = old_canary.get("version") == target["version"]
     history = old_canary if same else None
     if (
-        not isinstance(canary, dict)
+        canary is None
         or previous is None
         or previous["version"] == target["version"]
         or old_status.get("pinned")  # unpinning returns to the newest version at once
     ):
-        return Serving(stable=target, status=history if history and history.get("state") != STATE_PROGRESSING else None)
-    percent = int(canary.get("trafficPercent", 10))
+        return Serving(
+            stable=target, status=history if history and history.get("state") != CanaryState.PROGRESSING else None
+        )
+    percent = canary.traffic_percent
     if percent >= 100:
         # Once: the next reconcile finds the new version stable (status.modelVersion) and runs no canary.
         why = "spec.serving.canary.trafficPercent is 100"
         note = ("Normal", "CanaryPromoted", f"version {target['version']} promoted: {why}")
-        return Serving(stable=target, status=_status(target, STATE_PROMOTED, "PromotedBySpec", why, now), notes=[note])
-    if same and old_canary.get("state") == STATE_ROLLED_BACK:
+        return Serving(
+            stable=target, status=_status(target, CanaryState.PROMOTED, "PromotedBySpec", why, now), notes=[note]
+        )
+    if same and old_canary.get("state") == CanaryState.ROLLED_BACK:
         message = f"canary version {target['version']} was rolled back: {old_canary.get('message', '')}"
         return Serving(stable=previous, status=old_canary, problem=Problem("CanaryRolledBack", message))
-    started = str(old_canary.get("startedAt") or now) if same and old_canary.get("state") == STATE_PROGRESSING else now
+    started = (
+        str(old_canary.get("startedAt") or now) if same and old_canary.get("state") == CanaryState.PROGRESSING else now
+    )
     stable_replicas, canary_replicas = split_replicas(total_replicas, percent)
     live = [p for p in canary_pods if not p.deleting and p.version == target["version"]]
     verdict = _verdict(
         canary, started=started, now=now, want=canary_replicas, deployment=canary_deployment, pods=live, metrics=metrics
     )
     if isinstance(verdict, Problem):
-        status = _status(target, STATE_ROLLED_BACK, verdict.reason, verdict.message, now, started=started)
+        status = _status(target, CanaryState.ROLLED_BACK, verdict.reason, verdict.message, now, started=started)
         note = ("Warning", "CanaryRolledBack", f"version {target['version']} rolled back: {verdict.message}")
         problem = Problem("CanaryRolledBack", f"canary version {target['version']} was rolled back: {verdict.message}")
         return Serving(stable=previous, status=status, problem=problem, notes=[note])
-    if verdict == STATE_PROMOTED:
-        message = f"the analysis passed after {canary.get('promoteAfterSeconds')} s"
+    if verdict == CanaryState.PROMOTED:
+        message = f"the analysis passed after {canary.promote_after_seconds} s"
         if metrics is not None:
             message += f" ({metrics.errors}/{metrics.requests} failed requests)"
-        status = _status(target, STATE_PROMOTED, "PromotedAfterAnalysis", message, now, started=started)
+        status = _status(target, CanaryState.PROMOTED, "PromotedAfterAnalysis", message, now, started=started)
         note = ("Normal", "CanaryPromoted", f"version {target['version']} promoted: {message}")
         return Serving(stable=target, status=status, notes=[note])
     share = round(100 * canary_replicas / (canary_replicas + stable_replicas)) if canary_replicas else 0
     status = {
         "version": target["version"],
         "stableVersion": previous["version"],
-        "state": STATE_PROGRESSING,
+        "state": str(CanaryState.PROGRESSING),
         "reason": "CanaryInProgress",
         "trafficPercent": percent,
         "share": f"{share}%",
@@ -205,15 +216,15 @@ def choose_serving(
         f"canary version {target['version']} serves {share}% ({canary_replicas} of "
         f"{canary_replicas + stable_replicas} replicas) beside version {previous['version']}"
     )
-    after = canary.get("promoteAfterSeconds")
+    after = canary.promote_after_seconds
     elapsed = seconds_between(started, now) or 0.0
     requeue = 0.0
     if after is not None:
         progress += f"; promoted automatically after {after} s if its pods stay ready"
-        if canary.get("maxErrorRate") is not None:
-            progress += f" and under {canary['maxErrorRate']} failed requests per request"
+        if canary.max_error_rate is not None:
+            progress += f" and under {canary.max_error_rate} failed requests per request"
         requeue = max(0.5, float(after) - elapsed + 0.5)
-        if canary.get("maxErrorRate") is not None:
+        if canary.max_error_rate is not None:
             requeue = min(requeue, 10.0)  # the error rate is read again while the window runs
     else:
         progress += "; raise spec.serving.canary.trafficPercent to 100 (or remove spec.serving.canary) to promote"
@@ -232,17 +243,17 @@ def choose_serving(
 
 
 def _status(
-    target: dict[str, Any], state: str, reason: str, message: str, now: str, *, started: str = ""
+    target: dict[str, Any], state: CanaryState, reason: str, message: str, now: str, *, started: str = ""
 ) -> dict[str, Any]:
-    out = {"version": target["version"], "state": state, "reason": reason, "message": message, "finishedAt": now}
+    out = {"version": target["version"], "state": str(state), "reason": reason, "message": message, "finishedAt": now}
     if started:
         out["startedAt"] = started
-    out["share"] = "100%" if state == STATE_PROMOTED else "0%"
+    out["share"] = "100%" if state == CanaryState.PROMOTED else "0%"
     return out
 
 
 def _verdict(
-    canary: dict[str, Any],
+    canary: Canary,
     *,
     started: str,
     now: str,
@@ -250,8 +261,8 @@ def _verdict(
     deployment: DeploymentState | None,
     pods: list[PodState],
     metrics: CanaryMetrics | None,
-) -> Problem | str:
-    """Problem (roll back), STATE_PROMOTED, or STATE_PROGRESSING (keep watching)."""
+) -> Problem | CanaryState:
+    """Problem (roll back), CanaryState.PROMOTED, or CanaryState.PROGRESSING (keep watching)."""
     failing = [p for p in pods if p.broken_reason or p.restarts]
     if failing:
         first = failing[0]
@@ -260,16 +271,16 @@ def _verdict(
             said = f": {first.last_words}" if first.last_words else ""
             why += f" (last exit: {first.last_exit_reason}{said})"
         return Problem("CanaryPodsFailing", f"canary pod {first.name}: {why}")
-    limit = canary.get("maxErrorRate")
+    limit = canary.max_error_rate
     if limit is not None and metrics is not None and metrics.requests and metrics.error_rate > float(limit):
         rate = f"{metrics.errors}/{metrics.requests} requests failed ({metrics.error_rate:.4f})"
         return Problem("CanaryErrorRate", f"{rate}, over spec.serving.canary.maxErrorRate {limit}")
-    after = canary.get("promoteAfterSeconds")
+    after = canary.promote_after_seconds
     if after is None:
-        return STATE_PROGRESSING
+        return CanaryState.PROGRESSING
     elapsed = seconds_between(started, now)
     if elapsed is None or elapsed < float(after):
-        return STATE_PROGRESSING
+        return CanaryState.PROGRESSING
     ready = sum(1 for p in pods if p.ready)
     if deployment is None or deployment.ready < want or ready < want:
         window = f"the {after} s of spec.serving.canary.promoteAfterSeconds ended"
@@ -280,4 +291,4 @@ def _verdict(
             "the canary pods' /metrics could not be read, so its error rate is unknown; "
             "check that the operator may reach the pods (pods/proxy) or remove spec.serving.canary.maxErrorRate",
         )
-    return STATE_PROMOTED
+    return CanaryState.PROMOTED

@@ -4,7 +4,9 @@ Deployment and by `modeldeploy run` (docs/contracts/serving.md lists the setting
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
+
+from modeldeploy.spec import Serving
 
 ENV_PREFIX: Final = "MODELDEPLOY_"
 """The serving program's prefix: its setting `x` is the variable `MODELDEPLOY_X`."""
@@ -15,17 +17,16 @@ def env_name(setting: str) -> str:
     return f"{ENV_PREFIX}{setting.upper()}"
 
 
-def from_spec(serving: Mapping[str, Any]) -> dict[str, int | bool]:
+def from_spec(serving: Serving) -> dict[str, int | bool]:
     """The settings that `spec.serving` decides, by the serving settings' field names, in the order the Deployment
     lists them (a new order would roll every serving pod on an operator upgrade)."""
-    batching = serving.get("batching") or {}
     return {
-        "http_port": int(serving.get("port", 8080)),
-        "grpc_port": int(serving.get("grpcPort", 8081)),
-        "intra_op_threads": int(serving.get("threads", 1)),
-        "batching": bool(batching.get("enabled", True)),
-        "max_batch_size": int(batching.get("maxBatchSize", 32)),
-        "max_queue_delay_us": int(batching.get("maxQueueDelayMicroseconds", 2000)),
+        "http_port": serving.port,
+        "grpc_port": serving.grpc_port,
+        "intra_op_threads": serving.threads,
+        "batching": serving.batching.enabled,
+        "max_batch_size": serving.batching.max_batch_size,
+        "max_queue_delay_us": serving.batching.max_queue_delay_microseconds,
     }
 
 

@@ -10,7 +10,7 @@ from modeldeploy_operator import naming
 from modeldeploy_operator.observed import DeploymentState, JobState, PodState
 
 from modeldeploy import contracts
-from modeldeploy.spec import normalize
+from modeldeploy.spec import ModelDeployment, normalize, parse_spec
 
 OWNER_UID = "uid-1"
 """The uid of every ModelDeployment `make_md` builds: what its children's controller owner reference names."""
@@ -37,8 +37,13 @@ def make_md(
     return obj
 
 
+def model(md: dict[str, Any]) -> ModelDeployment:
+    """The typed view of `md` that the builders take (decide parses it the same way)."""
+    return ModelDeployment.from_object(md)
+
+
 def report(md: dict[str, Any], **extra: Any) -> str:
-    short = naming.short_spec_hash(md["spec"])
+    short = naming.short_spec_hash(parse_spec(md))
     body = {
         "ok": True,
         "version": f"v{short}",
@@ -56,7 +61,7 @@ def report(md: dict[str, Any], **extra: Any) -> str:
 
 
 def job(md: dict[str, Any], outcome: str = "Active", generation: int = 1) -> JobState:
-    short = naming.short_spec_hash(md["spec"])
+    short = naming.short_spec_hash(parse_spec(md))
     return JobState(
         name=naming.job_name(md["metadata"]["name"], short),
         spec_hash=short,
@@ -69,7 +74,7 @@ def job(md: dict[str, Any], outcome: str = "Active", generation: int = 1) -> Job
 
 
 def training_pod(md: dict[str, Any], phase: str, message: str | None) -> PodState:
-    short = naming.short_spec_hash(md["spec"])
+    short = naming.short_spec_hash(parse_spec(md))
     return PodState(
         name=f"{md['metadata']['name']}-train-{short}-abcde",
         component=naming.COMPONENT_TRAINING,

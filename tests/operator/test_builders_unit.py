@@ -7,7 +7,7 @@ import json
 import uuid
 from typing import Any
 
-from md_factories import make_md
+from md_factories import make_md, model
 from modeldeploy_operator import builders, naming, observed
 from modeldeploy_operator.settings import Settings
 
@@ -22,7 +22,7 @@ def _env(container: dict[str, Any]) -> dict[str, str]:
 
 def test_training_job_follows_the_training_contract() -> None:
     md = make_md()
-    job = builders.build_training_job(md, SETTINGS)
+    job = builders.build_training_job(model(md), SETTINGS)
     short = contracts.spec_hash(md["spec"])[:12]
     assert job["metadata"]["name"] == f"digits-train-{short}"
     pod = job["spec"]["template"]
@@ -42,18 +42,18 @@ def test_training_job_follows_the_training_contract() -> None:
 
 
 def test_serving_change_keeps_the_job_name_and_training_change_makes_a_new_one() -> None:
-    base = builders.build_training_job(make_md(), SETTINGS)["metadata"]["name"]
+    base = builders.build_training_job(model(make_md()), SETTINGS)["metadata"]["name"]
     serving = make_md({**make_md()["spec"], "serving": {"replicas": 5}})
     placement = make_md({"training": {**make_md()["spec"]["training"], "nodeSelector": {"gpu": "yes"}}})
     epochs = make_md({"training": {**make_md()["spec"]["training"], "epochs": 9}})
-    assert builders.build_training_job(serving, SETTINGS)["metadata"]["name"] == base
-    assert builders.build_training_job(placement, SETTINGS)["metadata"]["name"] == base
-    assert builders.build_training_job(epochs, SETTINGS)["metadata"]["name"] != base
+    assert builders.build_training_job(model(serving), SETTINGS)["metadata"]["name"] == base
+    assert builders.build_training_job(model(placement), SETTINGS)["metadata"]["name"] == base
+    assert builders.build_training_job(model(epochs), SETTINGS)["metadata"]["name"] != base
 
 
 def test_custom_training_image_runs_first_with_the_output_directory() -> None:
     md = make_md({"training": {"recipe": "custom", "image": "me/trainer:1", "command": ["python", "t.py"]}})
-    pod = builders.build_training_job(md, SETTINGS)["spec"]["template"]["spec"]
+    pod = builders.build_training_job(model(md), SETTINGS)["spec"]["template"]["spec"]
     (user,) = pod["initContainers"]
     assert user["image"] == "me/trainer:1"
     assert user["command"] == ["python", "t.py"]
@@ -63,14 +63,14 @@ def test_custom_training_image_runs_first_with_the_output_directory() -> None:
 
 def test_import_mounts_the_users_claim_read_only_at_data() -> None:
     md = make_md({"importModel": {"claimName": "uploads", "path": "models/m.keras"}})
-    pod = builders.build_training_job(md, SETTINGS)["spec"]["template"]["spec"]
+    pod = builders.build_training_job(model(md), SETTINGS)["spec"]["template"]["spec"]
     assert {"name": "data", "persistentVolumeClaim": {"claimName": "uploads", "readOnly": True}} in pod["volumes"]
     assert {"name": "data", "mountPath": "/data", "readOnly": True} in pod["containers"][0]["volumeMounts"]
 
 
 def test_deployment_serves_the_version_directory_read_only_with_restricted_security() -> None:
     md = make_md({**make_md()["spec"], "serving": {"replicas": 2, "port": 9000}})
-    dep = builders.build_deployment(md, {"version": "vabc", "path": "digits/vabc"}, SETTINGS)
+    dep = builders.build_deployment(model(md), {"version": "vabc", "path": "digits/vabc"}, SETTINGS)
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = _env(container)
@@ -92,36 +92,36 @@ def test_deployment_serves_the_version_directory_read_only_with_restricted_secur
 
 def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
     md = make_md({**make_md()["spec"], "serving": {"autoscaling": {"minReplicas": 2, "maxReplicas": 6}}})
-    dep = builders.build_deployment(md, {"version": "v1", "path": "digits/v1"}, SETTINGS)
-    hpa = builders.build_hpa(md)
+    dep = builders.build_deployment(model(md), {"version": "v1", "path": "digits/v1"}, SETTINGS)
+    hpa = builders.build_hpa(model(md))
     assert "replicas" not in dep["spec"]
     assert hpa is not None
     assert hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] == 6
     assert hpa["spec"]["scaleTargetRef"]["name"] == "digits"
-    assert builders.build_hpa(make_md()) is None
+    assert builders.build_hpa(model(make_md())) is None
 
 
 def test_selector_never_holds_the_version() -> None:
-    dep = builders.build_deployment(make_md(), {"version": "v1", "path": "digits/v1"}, SETTINGS)
+    dep = builders.build_deployment(model(make_md()), {"version": "v1", "path": "digits/v1"}, SETTINGS)
     assert naming.LABEL_VERSION not in dep["spec"]["selector"]["matchLabels"]
     assert dep["spec"]["template"]["metadata"]["labels"][naming.LABEL_VERSION] == "v1"
 
 
 def test_existing_claim_means_no_new_claim() -> None:
     md = make_md({**make_md()["spec"], "storage": {"existingClaim": "shared"}})
-    assert builders.build_claim(md) is None
-    job = builders.build_training_job(md, SETTINGS)
+    assert builders.build_claim(model(md)) is None
+    job = builders.build_training_job(model(md), SETTINGS)
     assert {"name": "models", "persistentVolumeClaim": {"claimName": "shared"}} in job["spec"]["template"]["spec"][
         "volumes"
     ]
-    claim = builders.build_claim(make_md())
+    claim = builders.build_claim(model(make_md()))
     assert claim is not None and claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
 
 
 def _serving_pod(serving: dict[str, Any] | None = None) -> dict[str, Any]:
     spec = json.loads(json.dumps(make_md()["spec"]))
     spec["serving"].update(serving or {})
-    deployment = builders.build_deployment(make_md(spec), {"version": "v1", "path": "digits/v1"}, SETTINGS)
+    deployment = builders.build_deployment(model(make_md(spec)), {"version": "v1", "path": "digits/v1"}, SETTINGS)
     return dict(deployment["spec"]["template"]["spec"])
 
 
@@ -149,7 +149,7 @@ def test_cleanup_job_runs_where_training_ran() -> None:
     spec["training"]["nodeSelector"] = {"modeldeploy.dev/node": "real"}
     spec["training"]["tolerations"] = [{"key": "modeldeploy.dev/real-node", "operator": "Exists"}]
     md = make_md(spec)
-    job = builders.build_cleanup_job(md, [{"version": "v0", "path": "digits/v0"}], SETTINGS)
+    job = builders.build_cleanup_job(model(md), [{"version": "v0", "path": "digits/v0"}], SETTINGS)
     pod = job["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"modeldeploy.dev/node": "real"}
     assert pod["tolerations"] == [{"key": "modeldeploy.dev/real-node", "operator": "Exists"}]
@@ -160,7 +160,7 @@ def test_cleanup_job_runs_where_training_ran() -> None:
 def test_auth_and_tls_mount_the_users_secrets_as_files_and_probe_over_https() -> None:
     serving = {"auth": {"secretName": "tokens-secret"}, "tls": {"secretName": "cert-manager-tls"}}
     md = make_md({**make_md()["spec"], "serving": serving})
-    pod = builders.build_deployment(md, {"version": "vabc", "path": "digits/vabc"}, SETTINGS)["spec"]["template"]
+    pod = builders.build_deployment(model(md), {"version": "vabc", "path": "digits/vabc"}, SETTINGS)["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     env = _env(container)
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
@@ -183,19 +183,19 @@ def test_auth_and_tls_mount_the_users_secrets_as_files_and_probe_over_https() ->
 
 def test_protected_metrics_need_the_token_and_no_auth_changes_nothing() -> None:
     md = make_md({**make_md()["spec"], "serving": {"auth": {"secretName": "t", "protectMetrics": True}}})
-    container = builders.build_deployment(md, {"version": "v", "path": "digits/v"}, SETTINGS)["spec"]["template"][
-        "spec"
-    ]["containers"][0]
+    container = builders.build_deployment(model(md), {"version": "v", "path": "digits/v"}, SETTINGS)["spec"][
+        "template"
+    ]["spec"]["containers"][0]
     assert "/metrics" not in _env(container)["MODELDEPLOY_AUTH_OPEN_PATHS"]
     assert "scheme" not in container["readinessProbe"]["httpGet"]  # no TLS: the probes as before
-    plain = builders.build_deployment(make_md(), {"version": "v", "path": "digits/v"}, SETTINGS)
+    plain = builders.build_deployment(model(make_md()), {"version": "v", "path": "digits/v"}, SETTINGS)
     plain_container = plain["spec"]["template"]["spec"]["containers"][0]
     assert not any(name.startswith(("MODELDEPLOY_AUTH", "MODELDEPLOY_TLS")) for name in _env(plain_container))
     assert {v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]} == {"models", "tmp"}
 
 
 def test_network_policy_admits_only_the_serving_ports_from_what_allow_from_names() -> None:
-    default = builders.build_network_policy(make_md())
+    default = builders.build_network_policy(model(make_md()))
     assert default is not None
     assert default["spec"]["podSelector"] == {"matchLabels": naming.serving_selector("digits")}
     assert default["spec"]["policyTypes"] == ["Ingress"]
@@ -209,15 +209,18 @@ def test_network_policy_admits_only_the_serving_ports_from_what_allow_from_names
         {"namespaceSelector": {"matchLabels": {"team": "web"}}},
     ]  # fmt: skip
     md = make_md({**make_md()["spec"], "serving": {"allowFrom": peers, "port": 9000}})
-    policy = builders.build_network_policy(md)
+    policy = builders.build_network_policy(model(md))
     assert policy is not None
     assert policy["spec"]["ingress"][0]["from"] == peers
     assert policy["spec"]["ingress"][0]["ports"][0]["port"] == 9000
-    assert builders.build_network_policy(make_md({**make_md()["spec"], "serving": {"networkPolicy": False}})) is None
+    assert (
+        builders.build_network_policy(model(make_md({**make_md()["spec"], "serving": {"networkPolicy": False}})))
+        is None
+    )
 
 
 def test_a_crash_looping_server_says_why_in_the_pod_summary() -> None:
-    dep = builders.build_deployment(make_md(), {"version": "v", "path": "digits/v"}, SETTINGS)
+    dep = builders.build_deployment(model(make_md()), {"version": "v", "path": "digits/v"}, SETTINGS)
     assert dep["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
     why = "cannot serve /models/digits/v: /models/digits/v/model.onnx has sha256 ab12 but its card records cd34"
     pod = {
@@ -240,9 +243,13 @@ def test_a_crash_looping_server_says_why_in_the_pod_summary() -> None:
 def test_no_pod_of_a_model_mounts_a_service_account_token() -> None:
     md = make_md()
     pods = [
-        builders.build_training_job(md, SETTINGS)["spec"]["template"]["spec"],
-        builders.build_cleanup_job(md, [{"version": "v0", "path": "digits/v0"}], SETTINGS)["spec"]["template"]["spec"],
-        builders.build_deployment(md, {"version": "v1", "path": "digits/v1"}, SETTINGS)["spec"]["template"]["spec"],
+        builders.build_training_job(model(md), SETTINGS)["spec"]["template"]["spec"],
+        builders.build_cleanup_job(model(md), [{"version": "v0", "path": "digits/v0"}], SETTINGS)["spec"]["template"][
+            "spec"
+        ],
+        builders.build_deployment(model(md), {"version": "v1", "path": "digits/v1"}, SETTINGS)["spec"]["template"][
+            "spec"
+        ],
     ]
     assert [pod["automountServiceAccountToken"] for pod in pods] == [False, False, False]
 

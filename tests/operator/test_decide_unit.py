@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from md_factories import OWNER_UID, deployment, job, make_md, report, serving_pod, training_pod
+from md_factories import OWNER_UID, deployment, job, make_md, model, report, serving_pod, training_pod
 from modeldeploy_operator import builders, decide, naming
 from modeldeploy_operator.observed import ChildState, JobState, Observed, summarize_pod
 from modeldeploy_operator.settings import Settings
+
+from modeldeploy.spec import parse_spec
 
 SETTINGS = Settings()
 NOW = "2025-01-01T00:00:00Z"
@@ -59,7 +61,7 @@ def test_succeeded_job_records_the_report_and_deploys_that_version() -> None:
     md = make_md()
     observed = Observed(jobs=(job(md, "Succeeded"),), pods=(training_pod(md, "Succeeded", report(md)),))
     plan = _decide(md, observed, SETTINGS, NOW)
-    short = naming.short_spec_hash(md["spec"])
+    short = naming.short_spec_hash(parse_spec(md))
     assert plan.status["modelVersion"] == f"v{short}"
     assert plan.status["versions"][0]["path"] == f"digits/v{short}"
     assert plan.status["endpoint"] == "http://digits.ns.svc:8080"
@@ -74,7 +76,7 @@ def test_succeeded_job_records_the_report_and_deploys_that_version() -> None:
 def test_ready_only_when_every_desired_replica_of_the_current_version_is_ready() -> None:
     md, _ = _trained(make_md({"training": {"dataset": {"builtin": "digits"}}, "serving": {"replicas": 3}}))
     version = md["status"]["modelVersion"]
-    want = builders.build_deployment(md, md["status"]["versions"][0], SETTINGS)["metadata"]["annotations"][
+    want = builders.build_deployment(model(md), md["status"]["versions"][0], SETTINGS)["metadata"]["annotations"][
         naming.ANNOTATION_CONFIG_HASH
     ]
     partial = _decide(md, Observed(deployment=deployment(want, version, 3, ready=2)), SETTINGS, NOW)
@@ -86,7 +88,7 @@ def test_ready_only_when_every_desired_replica_of_the_current_version_is_ready()
     assert _conditions(full)["Ready"]["status"] == "True"
     assert full.status["readyDisplay"] == "3/3"
     # The Deployment matches; only the missing Service and NetworkPolicy.
-    assert full.apply_new == [builders.build_service(md), builders.build_network_policy(md)]
+    assert full.apply_new == [builders.build_service(model(md)), builders.build_network_policy(model(md))]
 
 
 def test_failed_job_reports_the_termination_message_and_does_not_retry() -> None:
@@ -106,14 +108,14 @@ def test_failed_job_is_retried_for_a_new_generation() -> None:
     md = make_md(generation=2)
     observed = Observed(jobs=(job(md, "Failed", generation=1),), pods=(training_pod(md, "Failed", "boom"),))
     plan = _decide(md, observed, SETTINGS, NOW)
-    assert ("Job", naming.job_name("digits", naming.short_spec_hash(md["spec"]))) in plan.delete
+    assert ("Job", naming.job_name("digits", naming.short_spec_hash(parse_spec(md)))) in plan.delete
     assert plan.status["phase"] == "Training"
 
 
 def test_crash_looping_serving_pods_make_it_degraded_not_ready() -> None:
     md, _ = _trained(make_md())
     version = md["status"]["modelVersion"]
-    want = builders.build_deployment(md, md["status"]["versions"][0], SETTINGS)["metadata"]["annotations"][
+    want = builders.build_deployment(model(md), md["status"]["versions"][0], SETTINGS)["metadata"]["annotations"][
         naming.ANNOTATION_CONFIG_HASH
     ]
     pods = (serving_pod("digits-1", ready=False, broken="container serving is in CrashLoopBackOff"),)
@@ -135,7 +137,7 @@ def test_pending_pods_keep_it_progressing() -> None:
 
 def test_replicas_edited_on_the_deployment_are_put_back() -> None:
     md, _ = _trained(make_md({"training": {"dataset": {"builtin": "digits"}}, "serving": {"replicas": 2}}))
-    built = builders.build_deployment(md, md["status"]["versions"][0], SETTINGS)
+    built = builders.build_deployment(model(md), md["status"]["versions"][0], SETTINGS)
     drifted = deployment(
         built["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH], md["status"]["modelVersion"], 7
     )
@@ -146,11 +148,11 @@ def test_replicas_edited_on_the_deployment_are_put_back() -> None:
 def test_with_autoscaling_the_hpa_s_replica_count_is_left_alone() -> None:
     spec = {"training": {"dataset": {"builtin": "digits"}}, "serving": {"autoscaling": {"maxReplicas": 10}}}
     md, _ = _trained(make_md(spec))
-    built = builders.build_deployment(md, md["status"]["versions"][0], SETTINGS)
+    built = builders.build_deployment(model(md), md["status"]["versions"][0], SETTINGS)
     scaled = deployment(
         built["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH], md["status"]["modelVersion"], 7
     )
-    hpa = builders.build_hpa(md)
+    hpa = builders.build_hpa(model(md))
     assert hpa is not None
     observed = Observed(
         deployment=scaled,
@@ -223,8 +225,8 @@ def test_a_whole_lifecycle_posts_three_events_and_writes_status_only_on_news() -
     claim = ChildState("digits-models", "", controller_uid=OWNER_UID)
     done, final = job(md, "Succeeded"), training_pod(md, "Succeeded", report(md))
     served = _trained(md)[0]["status"]["versions"][0]
-    full = {**md, "spec": decide.normalized_spec(md)}
-    config_hash = builders.build_deployment(full, served, SETTINGS)["metadata"]["annotations"][
+    full = md
+    config_hash = builders.build_deployment(model(full), served, SETTINGS)["metadata"]["annotations"][
         naming.ANNOTATION_CONFIG_HASH
     ]
     ready = deployment(config_hash, served["version"])
@@ -232,7 +234,7 @@ def test_a_whole_lifecycle_posts_three_events_and_writes_status_only_on_news() -
     scaled = replace(ready, ready=0, available=0, available_condition=False)
     service = ChildState(
         "digits",
-        builders.build_service(full)["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH],
+        builders.build_service(model(full))["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH],
         controller_uid=OWNER_UID,
     )
     seen = [
@@ -267,7 +269,7 @@ def test_a_whole_lifecycle_posts_three_events_and_writes_status_only_on_news() -
 
 def test_the_network_policy_is_applied_once_and_deleted_when_turned_off() -> None:
     md, _ = _trained(make_md())
-    policy = builders.build_network_policy(md)
+    policy = builders.build_network_policy(model(md))
     assert policy is not None
     stamp = ChildState(
         "digits", policy["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH], controller_uid=OWNER_UID
@@ -281,7 +283,7 @@ def test_the_network_policy_is_applied_once_and_deleted_when_turned_off() -> Non
 
 def _training_pod_object(md: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
     """A training pod as the API server stores it (summarized by the same code as the watches use)."""
-    short = naming.short_spec_hash(md["spec"])
+    short = naming.short_spec_hash(parse_spec(md))
     labels = {naming.LABEL_COMPONENT: naming.COMPONENT_TRAINING, "job-name": naming.job_name("digits", short)}
     return {"metadata": {"name": f"digits-train-{short}-x", "labels": labels}, "status": status}
 

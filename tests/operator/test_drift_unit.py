@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 import pytest
-from md_factories import OWNER_UID, make_md
+from md_factories import OWNER_UID, make_md, model
 from modeldeploy_operator import builders, decide, drift
 from modeldeploy_operator.observed import ChildState, Observed, summarize_child, summarize_deployment
 from modeldeploy_operator.settings import Settings
@@ -43,16 +43,16 @@ def _as_stored(manifest: dict[str, Any]) -> dict[str, Any]:
 def _md(**serving: Any) -> dict[str, Any]:
     spec = {"training": {"dataset": {"builtin": "digits"}}, "serving": {"replicas": 2, **serving}}
     md = make_md(spec)
-    return {**md, "spec": decide.normalized_spec(md)}
+    return md
 
 
 def test_what_the_api_server_and_other_tools_add_is_no_drift() -> None:
     md = _md(resources={"requests": {"cpu": "0.1", "memory": "256Mi"}, "limits": {"memory": "1024Mi"}})
-    deployment = builders.build_deployment(md, SERVED, SETTINGS)
+    deployment = builders.build_deployment(model(md), SERVED, SETTINGS)
     stored = _as_stored(deployment)
     stored["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = "1Gi"
     assert drift.drift_of(deployment, drift.owned_view(stored)) == ""
-    service = builders.build_service(md)
+    service = builders.build_service(model(md))
     assert drift.drift_of(service, drift.owned_view(_as_stored(service))) == ""
 
 
@@ -69,7 +69,7 @@ def test_what_the_api_server_and_other_tools_add_is_no_drift() -> None:
     ],
 )
 def test_an_edit_of_a_deployment_field_the_operator_sets_is_drift(edit: Any, where: str) -> None:
-    deployment = builders.build_deployment(_md(), SERVED, SETTINGS)
+    deployment = builders.build_deployment(model(_md()), SERVED, SETTINGS)
     stored = _as_stored(deployment)
     edit(stored["spec"]["template"]["spec"]["containers"][0], stored)
     assert where in drift.drift_of(deployment, drift.owned_view(stored))
@@ -77,7 +77,7 @@ def test_an_edit_of_a_deployment_field_the_operator_sets_is_drift(edit: Any, whe
 
 def test_autoscaled_replicas_belong_to_the_hpa() -> None:
     md = _md(autoscaling={"minReplicas": 1, "maxReplicas": 5})
-    deployment = builders.build_deployment(md, SERVED, SETTINGS)
+    deployment = builders.build_deployment(model(md), SERVED, SETTINGS)
     stored = _as_stored(deployment)
     stored["spec"]["replicas"] = 4
     assert drift.drift_of(deployment, drift.owned_view(stored)) == ""
@@ -85,7 +85,7 @@ def test_autoscaled_replicas_belong_to_the_hpa() -> None:
 
 def test_service_selector_is_one_value_and_a_port_edit_is_repaired_by_replacing_the_list() -> None:
     md = _md()
-    service = builders.build_service(md)
+    service = builders.build_service(model(md))
     stored = _as_stored(service)
     stored["spec"]["selector"]["app"] = "web"  # a key added to an atomic map changes what it selects
     assert drift.drift_of(service, drift.owned_view(stored)) == "spec.selector"
@@ -100,7 +100,7 @@ def test_service_selector_is_one_value_and_a_port_edit_is_repaired_by_replacing_
 
 def test_a_drifted_child_is_applied_and_an_unchanged_one_is_not() -> None:
     md = _md()
-    deployment = builders.build_deployment(md, SERVED, SETTINGS)
+    deployment = builders.build_deployment(model(md), SERVED, SETTINGS)
     stored = _as_stored(deployment)
     stored["metadata"]["ownerReferences"] = deployment["metadata"]["ownerReferences"]
     state = summarize_deployment(stored)
@@ -115,7 +115,7 @@ def test_a_drifted_child_is_applied_and_an_unchanged_one_is_not() -> None:
 
 def test_claim_metadata_is_held_but_not_its_spec() -> None:
     md = _md()
-    claim = builders.build_claim(md)
+    claim = builders.build_claim(model(md))
     assert claim is not None
     stored = _as_stored(claim)
     stored["spec"]["resources"]["requests"]["storage"] = "5Gi"  # expanded by an admin: not ours to shrink

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from md_factories import OWNER_UID, deployment, job, make_md, report, serving_pod, training_pod
+from md_factories import OWNER_UID, deployment, job, make_md, model, report, serving_pod, training_pod
 from modeldeploy_operator import builders, decide
 from modeldeploy_operator.observed import ChildState, Observed, summarize_pod
 from modeldeploy_operator.settings import Settings
@@ -57,10 +57,10 @@ def _phases() -> dict[str, dict[str, Any]]:
     trained = decide.decide(md, done, SETTINGS, NOW)
     out["Deploying"] = _object(md, trained)
     served = trained.status["versions"][0]
-    full = {**md, "spec": decide.normalized_spec(md)}
-    built = builders.build_deployment(full, served, SETTINGS)
+    full = md
+    built = builders.build_deployment(model(full), served, SETTINGS)
     ready_dep = deployment(built["metadata"]["annotations"]["modeldeploy.dev/config-hash"], served["version"])
-    service = builders.build_service(full)
+    service = builders.build_service(model(full))
     service_state = ChildState("digits", service["metadata"]["annotations"]["modeldeploy.dev/config-hash"])
     service_state = replace(service_state, controller_uid=OWNER_UID)
     ready = replace(done, deployment=ready_dep, service=service_state, pods=(*done.pods, serving_pod("digits-a")))

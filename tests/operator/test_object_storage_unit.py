@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from md_factories import DIGITS_SPEC, make_md
+from md_factories import DIGITS_SPEC, make_md, model
 from modeldeploy_operator import builders, decide, naming
 from modeldeploy_operator.observed import Observed, PodState, summarize_pod
 from modeldeploy_operator.settings import Settings
 
 from modeldeploy import contracts
+from modeldeploy.spec import parse_spec
 
 SETTINGS = Settings()
 SERVED = {"version": "v0123456789ab", "path": "digits/v0123456789ab"}
@@ -21,8 +22,8 @@ def _spec(**storage: Any) -> dict[str, Any]:
 
 def test_no_claim_and_the_trainer_writes_to_scratch_with_the_users_secret_as_environment() -> None:
     md = make_md(_spec(secretRef={"name": "s3-keys"}))
-    assert builders.build_claim(md) is None
-    pod = builders.build_training_job(md, SETTINGS)["spec"]["template"]["spec"]
+    assert builders.build_claim(model(md)) is None
+    pod = builders.build_training_job(model(md), SETTINGS)["spec"]["template"]["spec"]
     models = next(v for v in pod["volumes"] if v["name"] == builders.MODELS_VOLUME)
     assert models == {"name": builders.MODELS_VOLUME, "emptyDir": {}}
     assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
@@ -34,7 +35,7 @@ def test_no_claim_and_the_trainer_writes_to_scratch_with_the_users_secret_as_env
 
 def test_serving_pods_fetch_into_an_empty_dir_verified_then_serve_it_read_only() -> None:
     md = make_md(_spec(secretRef={"name": "s3-keys"}, size="200Mi"))
-    dep = builders.build_deployment(md, SERVED, SETTINGS)
+    dep = builders.build_deployment(model(md), SERVED, SETTINGS)
     pod = dep["spec"]["template"]["spec"]
     assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
     assert {"name": builders.MODELS_VOLUME, "emptyDir": {"sizeLimit": "200Mi"}} in pod["volumes"]
@@ -57,7 +58,7 @@ def test_serving_pods_fetch_into_an_empty_dir_verified_then_serve_it_read_only()
 
 
 def test_replicas_spread_over_nodes_and_zones_of_the_same_rollout() -> None:
-    pod = builders.build_deployment(make_md(_spec()), SERVED, SETTINGS)["spec"]["template"]["spec"]
+    pod = builders.build_deployment(model(make_md(_spec())), SERVED, SETTINGS)["spec"]["template"]["spec"]
     (constraint,) = pod["topologySpreadConstraints"]
     assert constraint["topologyKey"] == "kubernetes.io/hostname"
     assert constraint["labelSelector"] == {"matchLabels": naming.serving_selector("digits")}
@@ -73,8 +74,8 @@ def test_replicas_spread_over_nodes_and_zones_of_the_same_rollout() -> None:
 def test_a_named_service_account_is_for_workload_identity_and_only_then_gets_a_token() -> None:
     md = make_md(_spec(serviceAccountName="model-reader"))
     for pod in (
-        builders.build_deployment(md, SERVED, SETTINGS)["spec"]["template"]["spec"],
-        builders.build_training_job(md, SETTINGS)["spec"]["template"]["spec"],
+        builders.build_deployment(model(md), SERVED, SETTINGS)["spec"]["template"]["spec"],
+        builders.build_training_job(model(md), SETTINGS)["spec"]["template"]["spec"],
     ):
         assert pod["serviceAccountName"] == "model-reader"
         assert pod["automountServiceAccountToken"] is True
@@ -82,23 +83,23 @@ def test_a_named_service_account_is_for_workload_identity_and_only_then_gets_a_t
 
 def test_the_claim_path_is_unchanged_without_a_uri() -> None:
     md = make_md({**DIGITS_SPEC, "serving": {"replicas": 3}})
-    pod = builders.build_deployment(md, SERVED, SETTINGS)["spec"]["template"]["spec"]
+    pod = builders.build_deployment(model(md), SERVED, SETTINGS)["spec"]["template"]["spec"]
     assert "initContainers" not in pod and "topologySpreadConstraints" not in pod and "affinity" not in pod
-    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == naming.claim_name("digits", md["spec"])
-    assert builders.build_pdb(md) is None
-    assert builders.build_claim(md) is not None
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == naming.claim_name("digits", parse_spec(md))
+    assert builders.build_pdb(model(md)) is None
+    assert builders.build_claim(model(md)) is not None
 
 
 def test_the_disruption_budget_defaults_to_one_for_two_or_more_replicas_and_follows_min_available() -> None:
-    pdb = builders.build_pdb(make_md(_spec()))
+    pdb = builders.build_pdb(model(make_md(_spec())))
     assert pdb is not None
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"] == {"matchLabels": naming.serving_selector("digits")}
     assert pdb["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     one = make_md({**_spec(), "serving": {"replicas": 1}})
-    assert builders.build_pdb(one) is None
+    assert builders.build_pdb(model(one)) is None
     asked = make_md({**_spec(), "serving": {"replicas": 4, "minAvailable": "50%"}})
-    pdb = builders.build_pdb(asked)
+    pdb = builders.build_pdb(model(asked))
     assert pdb is not None and pdb["spec"]["minAvailable"] == "50%"
 
 
@@ -143,4 +144,4 @@ def test_a_failed_fetch_is_the_degraded_reason_with_the_fetchs_own_words() -> No
     assert degraded["status"] == "True"
     assert "container fetch is in CrashLoopBackOff" in degraded["message"]
     assert "ChecksumMismatch" in degraded["message"]
-    assert plan.status["phase"] == decide.PHASE_DEGRADED
+    assert plan.status["phase"] == decide.Phase.DEGRADED

@@ -6,7 +6,7 @@ import copy
 from dataclasses import replace
 from typing import Any
 
-from md_factories import OWNER_UID, job, make_md, report, training_pod
+from md_factories import OWNER_UID, job, make_md, model, report, training_pod
 from modeldeploy_operator import builders, decide
 from modeldeploy_operator.observed import ChildState, Observed
 from modeldeploy_operator.reconcile import reconcile
@@ -197,7 +197,7 @@ def test_a_deleted_artifact_claim_drops_the_versions_and_trains_again_with_one_e
 
 def test_a_claim_the_watch_lost_but_that_exists_is_not_taken_for_lost() -> None:
     md, observed = _ready_with_versions()
-    claim = builders.build_claim({**md, "spec": decide.normalized_spec(md)})
+    claim = builders.build_claim(model(md))
     assert claim is not None
     stripped = copy.deepcopy(claim)
     stripped["metadata"]["labels"] = {}  # someone edited the labels away: the label-filtered watch drops it

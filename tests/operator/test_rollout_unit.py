@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from md_factories import OWNER_UID, deployment, make_md, serving_pod
+from md_factories import OWNER_UID, deployment, make_md, model, serving_pod
 from modeldeploy_operator import builders, decide, naming, rollout
 from modeldeploy_operator.observed import CanaryMetrics, ChildState, DeploymentState, Observed, PodState, summarize_pod
 from modeldeploy_operator.settings import Settings
+
+from modeldeploy.spec import parse_spec
 
 SETTINGS = Settings()
 T0 = "2025-01-01T00:00:00Z"
@@ -30,7 +32,7 @@ def _md(serving: dict[str, Any], status: dict[str, Any] | None = None, generatio
     new = {
         "version": "vnew",
         "path": "digits/vnew",
-        "specHash": naming.short_spec_hash(decide.normalized_spec(md)),
+        "specHash": naming.short_spec_hash(parse_spec(md)),
         "jobName": "digits-train-new",
     }
     md["status"] = {"modelVersion": "vold", "versions": [new, MID, OLD], **(status or {})}
@@ -283,15 +285,15 @@ def test_the_first_version_is_served_at_once_even_with_a_canary_configured() -> 
 
 def test_the_canary_deployment_is_built_from_the_main_one() -> None:
     md = _md({"canary": {"trafficPercent": 25}, "replicas": 4})
-    full = {**md, "spec": decide.normalized_spec(md)}
-    main = builders.build_deployment(full, OLD, SETTINGS)
-    canary = builders.build_canary_deployment(full, MID, SETTINGS, 1)
+    full = md
+    main = builders.build_deployment(model(full), OLD, SETTINGS)
+    canary = builders.build_canary_deployment(model(full), MID, SETTINGS, 1)
     assert canary["metadata"]["name"] == "digits-canary"
     main_pod, canary_pod = main["spec"]["template"]["spec"], canary["spec"]["template"]["spec"]
     assert main_pod["securityContext"] == canary_pod["securityContext"]
     assert main_pod["automountServiceAccountToken"] is False and canary_pod["automountServiceAccountToken"] is False
-    assert _hash(canary) == _hash(builders.build_canary_deployment(full, MID, SETTINGS, 1))
-    assert _hash(canary) != _hash(builders.build_canary_deployment(full, MID, SETTINGS, 2))
+    assert _hash(canary) == _hash(builders.build_canary_deployment(model(full), MID, SETTINGS, 1))
+    assert _hash(canary) != _hash(builders.build_canary_deployment(model(full), MID, SETTINGS, 2))
 
 
 def test_argo_cd_reads_a_running_canary_as_progressing_and_a_rolled_back_one_as_degraded() -> None:
@@ -338,15 +340,11 @@ def test_metrics_are_wanted_only_while_a_canary_with_max_error_rate_runs() -> No
         {"canary": {"trafficPercent": 25, "maxErrorRate": 0.01}},
         {"canary": {"version": "vnew", "state": "Progressing"}},
     )
-    assert rollout.wants_metrics(md) == "vnew"
+    assert rollout.wants_metrics(parse_spec(md), md["status"]) == "vnew"
     md["status"]["canary"]["state"] = "RolledBack"
-    assert rollout.wants_metrics(md) == ""
-    assert (
-        rollout.wants_metrics(
-            _md({"canary": {"trafficPercent": 25}}, {"canary": {"version": "vnew", "state": "Progressing"}})
-        )
-        == ""
-    )
+    assert rollout.wants_metrics(parse_spec(md), md["status"]) == ""
+    plain = _md({"canary": {"trafficPercent": 25}}, {"canary": {"version": "vnew", "state": "Progressing"}})
+    assert rollout.wants_metrics(parse_spec(plain), plain["status"]) == ""
 
 
 # -- Gateway API --

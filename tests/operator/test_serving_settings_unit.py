@@ -7,12 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
-from md_factories import make_md
+from md_factories import make_md, model
 from modeldeploy_operator import builders
 from modeldeploy_operator.settings import Settings
 from modeldeploy_serving.settings import Settings as ServingSettings
 
 from modeldeploy import serving_settings
+from modeldeploy.spec import parse_spec
 
 SERVING = {
     "port": 9000,
@@ -25,7 +26,8 @@ SERVING = {
 
 
 def test_every_setting_the_spec_decides_is_a_field_of_the_servers_settings() -> None:
-    names = set(serving_settings.from_spec(SERVING)) | set(serving_settings.from_spec({}))
+    given, default = (parse_spec({"spec": {"serving": serving}}).serving for serving in (SERVING, {}))
+    names = set(serving_settings.from_spec(given)) | set(serving_settings.from_spec(default))
     assert names <= set(ServingSettings.model_fields)
     assert {serving_settings.env_name(name) for name in names} == {ServingSettings.env_name(name) for name in names}
 
@@ -34,7 +36,7 @@ def test_the_deployments_environment_is_the_servers_settings_as_the_spec_says(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     md = make_md({**make_md()["spec"], "serving": SERVING})
-    deployment = builders.build_deployment(md, {"version": "vabc", "path": "digits/vabc"}, Settings())
+    deployment = builders.build_deployment(model(md), {"version": "vabc", "path": "digits/vabc"}, Settings())
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {item["name"]: item["value"] for item in container["env"]}
     fields = {ServingSettings.env_name(name) for name in ServingSettings.model_fields}

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from modeldeploy import spec
 from modeldeploy_training.errors import InvalidData, InvalidSpec
 
 log = logging.getLogger(__name__)
@@ -76,25 +77,22 @@ def resolve_data_path(relative: str, data_root: Path, field_name: str) -> Path:
     return path
 
 
-def load_dataset(dataset_spec: dict[str, Any], data_root: Path) -> Dataset:
+def load_dataset(dataset_spec: spec.Dataset, data_root: Path) -> Dataset:
     """Read and validate spec.training.dataset."""
-    builtin = dataset_spec.get("builtin")
-    if builtin:
-        if builtin != "digits":
-            raise InvalidSpec(f"spec.training.dataset.builtin {builtin!r} is unknown; the built-in dataset is 'digits'")
-        return load_digits()
-    relative = dataset_spec.get("path")
-    if not isinstance(relative, str) or not relative:
+    if dataset_spec.builtin:
+        return load_digits()  # the one built-in dataset (the spec's type allows no other)
+    relative = dataset_spec.path
+    if not relative:
         raise InvalidSpec("spec.training.dataset needs builtin or path")
     path = resolve_data_path(relative, data_root, "spec.training.dataset.path")
-    fmt = dataset_spec.get("format") or "auto"
+    fmt: str = dataset_spec.format
     if fmt == "auto":
         fmt = _guess_format(path)
     if fmt == "npz":
         x, y = read_npz(path)
         return validate(x, y, source=str(path), fingerprint=fingerprint_path(path))
     if fmt == "csv":
-        x, y = read_csv(path, str(dataset_spec.get("labelColumn") or "label"))
+        x, y = read_csv(path, dataset_spec.label_column)
         return validate(x, y, source=str(path), fingerprint=fingerprint_path(path))
     if fmt == "images":
         x, y = read_image_folder(path)

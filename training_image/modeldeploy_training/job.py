@@ -24,6 +24,7 @@ import numpy.typing as npt
 import onnx
 
 from modeldeploy import contracts, objectstore
+from modeldeploy.spec import Compression, Dataset, ImportModel, ModelDeploymentSpec, SpecError, Training
 from modeldeploy_training import artifact, compression, data, onnxutil
 from modeldeploy_training.errors import (
     InvalidData,
@@ -83,37 +84,43 @@ class Prepared:
 
 def run_job(manifest: dict[str, Any], options: Options) -> dict[str, Any]:
     """Make (or find) the artifact of a ModelDeployment; returns the success report, raises TrainingFailure."""
+    try:
+        spec = ModelDeploymentSpec.parse(manifest["spec"])
+    except SpecError as err:
+        raise InvalidSpec(str(err)) from err
     # A dataset or model given by URI is downloaded here first (the pod's /tmp), then read like a file on a claim.
     with tempfile.TemporaryDirectory(prefix="modeldeploy-uri-") as scratch:
-        return _run_job(manifest, options, Path(scratch))
+        return _run_job(str(manifest["metadata"]["name"]), spec, options, Path(scratch))
 
 
-def _run_job(manifest: dict[str, Any], options: Options, scratch: Path) -> dict[str, Any]:
+def _run_job(name: str, spec: ModelDeploymentSpec, options: Options, scratch: Path) -> dict[str, Any]:
     started = time.monotonic()
-    name = str(manifest["metadata"]["name"])
-    spec = manifest["spec"]
-    comp = spec.get("compression") or {}
-    requested = str(comp.get("quantization", "auto"))
-    compression.candidate_names(requested)  # an unknown value fails before any work
+    comp = spec.compression
     try:
-        contracts.requested_formats(spec)
+        formats = contracts.requested_formats(spec.document)
     except contracts.ContractError as err:
         raise InvalidSpec(str(err)) from err
-    digest = contracts.spec_hash(spec)
-    spec, options = localize_uris(spec, options, scratch)
-    training: Any = spec.get("training")
+    digest = spec.hash
+    local = localize_uris(spec, options, scratch)
+    options = local.options
+    training = spec.training
     plan: ImportPlan | None = None
-    if isinstance(training, dict) and training.get("recipe", "cnn") != "custom":
-        dataset_spec = training.get("dataset") or {}
-        if dataset_spec.get("builtin"):
-            fingerprint: str = "builtin:" + str(dataset_spec["builtin"])
+    builtin: tuple[Training, Dataset] | None = None
+    if training is not None and training.recipe != "custom":
+        dataset_spec = local.dataset
+        if dataset_spec is None:
+            raise InvalidSpec("spec.training.dataset is required for the built-in recipes")
+        builtin = (training, dataset_spec)
+        if dataset_spec.builtin:
+            fingerprint: str = "builtin:" + dataset_spec.builtin
         else:
-            path = data.resolve_data_path(
-                str(dataset_spec.get("path", "")), options.data_root, "spec.training.dataset.path"
-            )
+            path = data.resolve_data_path(dataset_spec.path or "", options.data_root, "spec.training.dataset.path")
             fingerprint = data.fingerprint_path(path)
+    elif training is not None:
+        plan = find_custom_model(options.user_output)
+        fingerprint = plan.fingerprint
     else:
-        plan = find_custom_model(options.user_output) if isinstance(training, dict) else plan_import(spec, options)
+        plan = plan_import(local.import_model, options)
         fingerprint = plan.fingerprint
     version = contracts.model_version(digest, fingerprint)
     model_dir = options.output / name
@@ -135,13 +142,14 @@ def _run_job(manifest: dict[str, Any], options: Options, scratch: Path) -> dict[
         return success_report(existing, name, version, reused=True, duration=time.monotonic() - started)
 
     with artifact.VersionWriter(model_dir, version) as writer:
-        if plan is None:
-            prepared = train_builtin(
-                training, options.data_root, writer.tmp / contracts.SOURCE_DIR, int(comp.get("opset", 17))
-            )
-        else:
-            prepared = prepare_import(plan, int(comp.get("opset", 17)), writer.tmp / contracts.SOURCE_DIR)
-        card = compress_and_describe(prepared, comp, writer, contracts.requested_formats(spec))
+        if builtin is not None:
+            source_dir = writer.tmp / contracts.SOURCE_DIR
+            prepared = train_builtin(*builtin, options.data_root, source_dir, comp.opset)
+        elif plan is not None:
+            prepared = prepare_import(plan, comp.opset, writer.tmp / contracts.SOURCE_DIR)
+        else:  # unreachable: a spec trains with a recipe or a custom image, or imports
+            raise InvalidSpec("set exactly one of spec.training or spec.importModel")
+        card = compress_and_describe(prepared, comp, writer, formats)
         card.update(
             schema=contracts.MODEL_CARD_SCHEMA,
             name=name,
@@ -162,28 +170,36 @@ MAX_DATASET_BYTES = 4 * 1024**3
 MAX_IMPORT_BYTES = 4 * 1024**3
 
 
-def localize_uris(spec: dict[str, Any], options: Options, scratch: Path) -> tuple[dict[str, Any], Options]:
-    """spec.training.dataset.uri and spec.importModel.uri (with its evalDataset) downloaded into scratch: the spec
-    returned names them as paths relative to scratch, which becomes the data root. The version still comes from the
+@dataclass(frozen=True)
+class Localized:
+    """The spec's dataset or model with any URI replaced by the path of its download (relative to the data root)."""
+
+    dataset: Dataset | None
+    import_model: ImportModel | None
+    options: Options
+
+
+def localize_uris(spec: ModelDeploymentSpec, options: Options, scratch: Path) -> Localized:
+    """spec.training.dataset.uri and spec.importModel.uri (with its evalDataset) downloaded into scratch: the parts
+    returned name them as paths relative to scratch, which becomes the data root. The version still comes from the
     original spec and the bytes (their fingerprint), so the same object gives the same version."""
-    training = spec.get("training")
-    dataset = (training.get("dataset") or {}) if isinstance(training, dict) else {}
-    if dataset.get("uri"):
-        path = download(str(dataset["uri"]), scratch, "spec.training.dataset.uri", MAX_DATASET_BYTES)
-        training = {**training, "dataset": {**dataset, "path": path.as_posix()}}  # type: ignore[dict-item]
-        return {**spec, "training": training}, replace(options, data_root=scratch)
-    imp = spec.get("importModel") or {}
-    if imp.get("uri"):
-        new = {**imp, "path": download(str(imp["uri"]), scratch, "spec.importModel.uri", MAX_IMPORT_BYTES).as_posix()}
-        if imp.get("evalDataset"):
-            if "://" not in str(imp["evalDataset"]):
+    dataset = spec.training.dataset if spec.training is not None else None
+    if dataset is not None and dataset.uri:
+        path = download(dataset.uri, scratch, "spec.training.dataset.uri", MAX_DATASET_BYTES)
+        local = dataset.model_copy(update={"path": path.as_posix()})
+        return Localized(local, spec.import_model, replace(options, data_root=scratch))
+    imp = spec.import_model
+    if imp is not None and imp.uri:
+        update = {"path": download(imp.uri, scratch, "spec.importModel.uri", MAX_IMPORT_BYTES).as_posix()}
+        if imp.eval_dataset:
+            if "://" not in imp.eval_dataset:
                 raise InvalidSpec(
                     "spec.importModel.evalDataset must be a URI too when the model comes from spec.importModel.uri"
                 )
-            eval_path = download(str(imp["evalDataset"]), scratch, "spec.importModel.evalDataset", MAX_DATASET_BYTES)
-            new["evalDataset"] = eval_path.as_posix()
-        return {**spec, "importModel": new}, replace(options, data_root=scratch)
-    return spec, options
+            eval_path = download(imp.eval_dataset, scratch, "spec.importModel.evalDataset", MAX_DATASET_BYTES)
+            update["evalDataset"] = eval_path.as_posix()
+        return Localized(dataset, imp.model_copy(update=update), replace(options, data_root=scratch))
+    return Localized(dataset, imp, options)
 
 
 def download(uri: str, scratch: Path, field_name: str, max_bytes: int) -> Path:
@@ -204,13 +220,13 @@ def download(uri: str, scratch: Path, field_name: str, max_bytes: int) -> Path:
     return target.relative_to(scratch)
 
 
-def storage_location(spec: dict[str, Any]) -> objectstore.Location | None:
+def storage_location(spec: ModelDeploymentSpec) -> objectstore.Location | None:
     """spec.storage.uri, checked; None when the artifact lives on a claim only."""
-    uri = (spec.get("storage") or {}).get("uri")
+    uri = spec.storage_uri
     if not uri:
         return None
     try:
-        return objectstore.parse_uri(str(uri), "spec.storage.uri", writable=True)
+        return objectstore.parse_uri(uri, "spec.storage.uri", writable=True)
     except objectstore.StorageError as err:
         raise InvalidSpec(err.message) from err
 
@@ -229,15 +245,16 @@ def upload(version_dir: Path, remote: objectstore.Location, name: str, version: 
     log.info("committed %s/%s to %s in %.1f s", name, version, remote, time.monotonic() - started)
 
 
-def plan_import(spec: dict[str, Any], options: Options) -> ImportPlan:
-    imp = spec["importModel"]
-    path = data.resolve_data_path(str(imp.get("path", "")), options.data_root, "spec.importModel.path")
-    fmt = str(imp.get("format") or "auto")
+def plan_import(imp: ImportModel | None, options: Options) -> ImportPlan:
+    if imp is None:
+        raise InvalidSpec("set exactly one of spec.training (train a model) or spec.importModel (bring a model file)")
+    path = data.resolve_data_path(imp.path or "", options.data_root, "spec.importModel.path")
+    fmt: str = imp.format
     if fmt == "auto":
         fmt = guess_model_format(path)
     eval_path = None
-    if imp.get("evalDataset"):
-        eval_path = data.resolve_data_path(str(imp["evalDataset"]), options.data_root, "spec.importModel.evalDataset")
+    if imp.eval_dataset:
+        eval_path = data.resolve_data_path(imp.eval_dataset, options.data_root, "spec.importModel.evalDataset")
     return ImportPlan(path, fmt, eval_path, None, import_fingerprint(path, eval_path, None))
 
 
@@ -278,21 +295,21 @@ def guess_model_format(path: Path) -> str:
     return formats[suffix]
 
 
-def train_builtin(training: dict[str, Any], data_root: Path, source_dir: Path, opset: int) -> Prepared:
+def train_builtin(training: Training, dataset_spec: Dataset, data_root: Path, source_dir: Path, opset: int) -> Prepared:
     from modeldeploy_training import tfmodels  # noqa: PLC0415  (TensorFlow only for Keras models)
 
-    recipe = str(training.get("recipe", "cnn"))
+    recipe = training.recipe
     if recipe not in {"cnn", "mlp"}:
         raise InvalidSpec(f"spec.training.recipe {recipe!r} is unknown; use cnn, mlp or custom")
-    dataset = data.load_dataset(training.get("dataset") or {}, data_root)
-    seed = int(training.get("seed", 42))
-    parts = data.split(dataset, float(training.get("validationSplit", 0.2)), seed)
+    dataset = data.load_dataset(dataset_spec, data_root)
+    seed = training.seed
+    parts = data.split(dataset, training.validation_split, seed)
     x_train = tfmodels.prepare_inputs(recipe, parts.x_train)
     x_test = tfmodels.prepare_inputs(recipe, parts.x_test)
     parts = data.Split(x_train, parts.y_train, x_test, parts.y_test)
     tfmodels.set_seed(seed)
-    epochs, batch_size = int(training.get("epochs", 5)), int(training.get("batchSize", 32))
-    learning_rate = float(training.get("learningRate", 0.001))
+    epochs, batch_size = training.epochs, training.batch_size
+    learning_rate = training.learning_rate
     model = tfmodels.build_model(recipe, x_train, dataset.num_classes, learning_rate)
     started = time.monotonic()
     history = tfmodels.train(model, parts, epochs, batch_size, seed)
@@ -421,15 +438,15 @@ def random_probe(model: Any) -> npt.NDArray[np.float32]:
 
 def compress_and_describe(
     prepared: Prepared,
-    comp: dict[str, Any],
+    comp: Compression,
     writer: artifact.VersionWriter,
     formats: tuple[str, ...] = contracts.DEFAULT_FORMATS,
 ) -> dict[str, Any]:
     """Parity, the candidates, the choice; writes model.onnx (and model.tflite when formats has tflite) and returns
     the card without its identity fields."""
-    requested = str(comp.get("quantization", "auto"))
-    max_drop = float(comp.get("maxAccuracyDrop", 0.01))
-    max_ratio = float(comp.get("maxLatencyRatio", 1.25))
+    requested: str = comp.quantization
+    max_drop = comp.max_accuracy_drop
+    max_ratio = comp.max_latency_ratio
     fp32_path = writer.work / "fp32.onnx"
     onnx.save_model(prepared.source.onnx_model, fp32_path)
     fp32_out = onnxutil.run_batched(onnxutil.session(fp32_path), prepared.x_eval)

@@ -34,6 +34,7 @@ from modeldeploy.cluster import realnode
 from modeldeploy.cluster.local import ClusterError, ClusterState, LocalCluster, find_binaries, process_start_time
 from modeldeploy.cluster.portforward import PortForward
 from modeldeploy.cluster.waiting import wait_crd_established
+from modeldeploy.spec import ModelDeploymentSpec
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "samples" / "digits-cnn.yaml"
@@ -289,12 +290,15 @@ def image_exists(image: str) -> bool:
 
 
 def held_out_digits(spec: dict[str, Any], n: int) -> tuple[Any, list[int]]:
-    """`n` digits the model never trained on, spread over the trainer's own held-out split (same fraction, seed)."""
+    """`n` digits the model never trained on, spread over the trainer's own held-out split (same fraction, seed: the
+    CRD's defaults where the spec gives none, as the trainer reads it)."""
     import numpy as np  # noqa: PLC0415
     from modeldeploy_training import data  # noqa: PLC0415 (TensorFlow-free)
 
-    training = spec.get("training") or {}
-    parts = data.split(data.load_digits(), float(training.get("validationSplit", 0.2)), int(training.get("seed", 0)))
+    training = ModelDeploymentSpec.parse(spec).training
+    if training is None:
+        raise RuntimeError("the demo's held-out digits need a spec that trains (spec.training)")
+    parts = data.split(data.load_digits(), training.validation_split, training.seed)
     picks = np.linspace(0, len(parts.y_test) - 1, n).round().astype(int)
     return parts.x_test[picks], [int(v) for v in parts.y_test[picks]]
 

@@ -70,19 +70,18 @@ def load(options: RunOptions) -> dict[str, Any]:
     return manifest
 
 
-def describe_training(manifest: dict[str, Any]) -> str:
-    md_spec = manifest["spec"]
-    comp = md_spec.get("compression") or {}
-    training = md_spec.get("training")
-    if isinstance(training, dict):
-        dataset = training.get("dataset") or {}
-        data = f"builtin {dataset['builtin']}" if dataset.get("builtin") else str(dataset.get("path"))
-        what = f"recipe {training.get('recipe')} on {data}, {training.get('epochs')} epochs"
+def describe_training(md_spec: spec.ModelDeploymentSpec) -> str:
+    comp = md_spec.compression
+    training = md_spec.training
+    if training is not None:
+        dataset = training.dataset
+        data = f"builtin {dataset.builtin}" if dataset and dataset.builtin else str(dataset.path if dataset else None)
+        what = f"recipe {training.recipe} on {data}, {training.epochs} epochs"
     else:
-        what = f"import of {md_spec['importModel'].get('path')}"
-    formats = comp.get("formats") or ["onnx"]
+        what = f"import of {md_spec.import_model.path if md_spec.import_model else None}"
+    formats = comp.formats
     also = f"; also {', '.join(f for f in formats if f != 'onnx')}" if len(formats) > 1 else ""
-    return f"{what}; compression {comp.get('quantization')} within {comp.get('maxAccuracyDrop')} accuracy{also}"
+    return f"{what}; compression {comp.quantization} within {comp.max_accuracy_drop} accuracy{also}"
 
 
 def train(manifest: dict[str, Any], options: RunOptions) -> dict[str, Any]:
@@ -97,17 +96,16 @@ def train(manifest: dict[str, Any], options: RunOptions) -> dict[str, Any]:
         return failure_report(failure)
 
 
-def sample_for(manifest: dict[str, Any], data_root: Path) -> Sample | None:
+def sample_for(md_spec: spec.ModelDeploymentSpec, data_root: Path) -> Sample | None:
     """A row of the spec's own data: the last sample of the training dataset, or the first of importModel's eval."""
-    md_spec = manifest["spec"]
-    training = md_spec.get("training")
-    if isinstance(training, dict) and training.get("dataset"):
+    training = md_spec.training
+    if training is not None and training.dataset is not None:
         from modeldeploy_training.data import load_dataset  # noqa: PLC0415
 
-        dataset = load_dataset(training["dataset"], data_root)
+        dataset = load_dataset(training.dataset, data_root)
         last = len(dataset.x) - 1
         return Sample(dataset.x[last:], dataset.labels[int(dataset.y[last])], f"sample #{last} of {dataset.source}")
-    evaluation = (md_spec.get("importModel") or {}).get("evalDataset")
+    evaluation = md_spec.import_model.eval_dataset if md_spec.import_model else None
     if evaluation:
         with np.load(data_root / evaluation, allow_pickle=False) as archive:
             return Sample(archive["x"][:1], str(archive["y"][0]), f"sample #0 of {evaluation}")
@@ -201,18 +199,18 @@ async def serve_and_predict(
     return await task
 
 
-def fetch_committed(name: str, version: str, storage: dict[str, Any], output: Path, progress: Progress) -> Path | None:
+def fetch_committed(name: str, version: str, storage: spec.Storage, output: Path, progress: Progress) -> Path | None:
     """Copy a committed version back from spec.storage.uri into OUTPUT/.fetched/ (readers skip dot names), verified;
     None after saying why it could not."""
     from modeldeploy import objectstore  # noqa: PLC0415
     from modeldeploy.fetch import parse_size  # noqa: PLC0415
 
-    uri = str(storage["uri"])
+    uri = storage.uri or ""
     try:
         root = objectstore.parse_uri(uri, "spec.storage.uri", writable=True)
         started = time.monotonic()
         version_dir, _ = objectstore.fetch_version(
-            root, name, version, output / ".fetched", max_bytes=parse_size(str(storage.get("size", "1Gi")))
+            root, name, version, output / ".fetched", max_bytes=parse_size(storage.size)
         )
     except objectstore.StorageError as err:
         progress.step(f"cannot fetch {name}/{version} from {uri}: {err.reason}: {err.message}")
@@ -227,21 +225,21 @@ def run_locally(options: RunOptions, out: TextIO = sys.stdout) -> int:
     progress = Progress(out)
     try:
         manifest = load(options)
+        md_spec = spec.parse_spec(manifest)
     except spec.SpecError as err:
         out.write(f"modeldeploy run: {err}\n")
         return 2
     name = manifest["metadata"]["name"]
-    progress.step(f"{name}: training ({describe_training(manifest)}); artifacts in {options.output}")
+    progress.step(f"{name}: training ({describe_training(md_spec)}); artifacts in {options.output}")
     report = train(manifest, options)
     if not report.get("ok"):
         progress.step(f"training failed: {report.get('reason')}: {report.get('message')}")
         return 1
     version_dir = options.output / str(report["path"])
     progress.step(f"trained and compressed in {report.get('durationSeconds', 0):.1f}s: {summarize(report)}")
-    storage = manifest["spec"].get("storage") or {}
-    if storage.get("uri"):
+    if md_spec.storage_uri:
         # What a serving pod does: the version as committed to object storage, every file checked against its card.
-        fetched = fetch_committed(name, str(report["version"]), storage, options.output, progress)
+        fetched = fetch_committed(name, str(report["version"]), md_spec.storage, options.output, progress)
         if fetched is None:
             return 1
         version_dir = fetched
@@ -263,7 +261,7 @@ def run_locally(options: RunOptions, out: TextIO = sys.stdout) -> int:
     try:
         settings = Settings.load(
             overrides={
-                **serving_settings.from_spec(manifest["spec"].get("serving") or {}),
+                **serving_settings.from_spec(md_spec.serving),
                 "model_dir": version_dir,
                 "host": options.host,
                 "http_port": options.port,  # the command's ports, not the pod's
@@ -281,7 +279,7 @@ def run_locally(options: RunOptions, out: TextIO = sys.stdout) -> int:
     configure_logging("WARNING")
     client_host = "127.0.0.1" if options.host in {"0.0.0.0", "::", ""} else options.host
     endpoint = client.Endpoint(f"http://{client_host}:{options.port}", name)
-    sample = sample_for(manifest, options.data_root)
+    sample = sample_for(md_spec, options.data_root)
     progress.step(f"serving {version_dir} on http://{options.host}:{options.port}")
     try:
         code = asyncio.run(serve_and_predict(settings, endpoint, sample, options, progress))
