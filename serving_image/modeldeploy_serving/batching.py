@@ -178,9 +178,9 @@ class Batcher:
                     {name: array[start : start + self._max_rows] for name, array in feeds.items()}
                     for start in range(0, rows, self._max_rows)
                 ]
+                parts = [_Pending(chunk, rows_of(chunk), signature_of(chunk), Future(), until) for chunk in chunks]
             else:
-                chunks = [feeds]
-            parts = [_Pending(chunk, rows_of(chunk), signature_of(chunk), Future(), until) for chunk in chunks]
+                parts = [_Pending(feeds, rows, signature_of(feeds), Future(), until)]
             with self._cond:
                 if expected:
                     self._expected -= 1
