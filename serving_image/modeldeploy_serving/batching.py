@@ -16,6 +16,7 @@ the worker: a batch that fails in an unforeseen way fails its own requests (with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -49,12 +50,23 @@ def rows_of(feeds: Feeds) -> int:
 
 @dataclass
 class _Pending:
+    """One queued request (or chunk of one). Its caller waits on `future` (a thread) or on `waiter` (an event loop,
+    see Batcher.submit_async), never both."""
+
     feeds: Feeds
     rows: int
     signature: Signature
-    future: Future[Feeds]
+    future: Future[Feeds] | None
     deadline: float = _NO_DEADLINE
     enqueued_at: float = field(default_factory=time.perf_counter)
+    waiter: asyncio.Future[Feeds] | None = None
+
+    def start(self) -> bool:
+        """Whether the request is still wanted, and from now on not cancellable (a thread's future)."""
+        if self.waiter is not None:
+            return not self.waiter.cancelled()  # a read of a flag; a later cancel only drops the answer
+        assert self.future is not None
+        return self.future.set_running_or_notify_cancel()
 
 
 @dataclass(frozen=True)
@@ -102,7 +114,13 @@ def _joined(parent: Future[Feeds], parts: list[Future[Feeds]]) -> None:
 
 
 class Batcher:
-    """Merges concurrent predict calls into runs of `predict`; results are split back per request."""
+    """Merges concurrent predict calls into runs of `predict`; results are split back per request.
+
+    Wake-ups cost: the worker and the event loop share the GIL, and each time one wakes the other both pay for a
+    context switch and a GIL hand-over. So a submit wakes the worker only when it has something to do (it is idle,
+    or the batch it is forming may now be full or has no more requests coming; otherwise it wakes at the batch's
+    delay anyway), and the answers of one batch reach an event loop with one wake-up (submit_async), not one per
+    request."""
 
     def __init__(
         self,
@@ -129,6 +147,12 @@ class Batcher:
         self._cond = threading.Condition()
         self._expected = 0
         self._stopping = False
+        # What the worker waits for: _IDLE (any request), _FORMING (more rows for the batch of _forming_rows), or
+        # _BUSY (not waiting: nobody needs to wake it).
+        self._state = _BUSY
+        self._forming_rows = 0
+        # Answers for event loops, sent once the batch is done (worker thread only).
+        self._outbox: list[tuple[asyncio.Future[Feeds], Feeds | None, BaseException | None]] = []
         self._thread = threading.Thread(target=self._work, name="modeldeploy-batcher", daemon=True)
 
     def start(self) -> None:
@@ -165,11 +189,34 @@ class Batcher:
         """An announced request will not come (it failed before submit)."""
         with self._cond:
             self._expected -= 1
-            self._cond.notify_all()
+            if self._state == _FORMING and self._expected <= 0:
+                self._cond.notify()
 
     def submit(self, feeds: Feeds, *, expected: bool = False, deadline: float | None = None) -> Future[Feeds]:
         """Queue one request (its inputs share a first dimension, the rows); the future gets its outputs. With
         `expected`, this call ends the announcement whatever happens. Overloaded when the queue is full."""
+        parts = self._queue_parts(feeds, expected, deadline, None)
+        if len(parts) == 1:
+            future = parts[0].future
+            assert future is not None
+            return future
+        return self._joined(parts)
+
+    def submit_async(
+        self, feeds: Feeds, *, expected: bool = False, deadline: float | None = None
+    ) -> asyncio.Future[Feeds]:
+        """submit for a caller on the running event loop: the answers of a batch reach that loop with one wake-up
+        for all its requests (a thread's future would wake it once per request)."""
+        loop = asyncio.get_running_loop()
+        parts = self._queue_parts(feeds, expected, deadline, loop)
+        waiter = parts[0].waiter
+        if waiter is not None:
+            return waiter
+        return asyncio.wrap_future(self._joined(parts), loop=loop)  # a request split into chunks: rare, large
+
+    def _queue_parts(
+        self, feeds: Feeds, expected: bool, deadline: float | None, loop: asyncio.AbstractEventLoop | None
+    ) -> list[_Pending]:
         try:
             rows = rows_of(feeds)
             until = _NO_DEADLINE if deadline is None else deadline
@@ -179,6 +226,8 @@ class Batcher:
                     for start in range(0, rows, self._max_rows)
                 ]
                 parts = [_Pending(chunk, rows_of(chunk), signature_of(chunk), Future(), until) for chunk in chunks]
+            elif loop is not None:
+                parts = [_Pending(feeds, rows, signature_of(feeds), None, until, waiter=loop.create_future())]
             else:
                 parts = [_Pending(feeds, rows, signature_of(feeds), Future(), until)]
             with self._cond:
@@ -201,14 +250,21 @@ class Batcher:
                     )
                 self._queue.extend(parts)
                 self._queued_rows += rows
-                self._cond.notify_all()
+                state = self._state
+                if state == _IDLE or (
+                    state == _FORMING
+                    and (self._expected <= 0 or self._forming_rows + self._queued_rows >= self._max_rows)
+                ):
+                    self._cond.notify()
         finally:
             if expected:
                 self.unexpect()
-        if len(parts) == 1:
-            return parts[0].future
+        return parts
+
+    @staticmethod
+    def _joined(parts: list[_Pending]) -> Future[Feeds]:
         parent: Future[Feeds] = Future()
-        _joined(parent, [p.future for p in parts])
+        _joined(parent, [p.future for p in parts if p.future is not None])
         return parent
 
     def _work(self) -> None:
@@ -219,47 +275,57 @@ class Batcher:
                 if collected is None:
                     return
                 batch = collected
+                self._send_answers()  # of requests that expired while this batch was collected
                 self._run(batch)
             except Exception as err:  # the worker outlives any batch: its requests fail, the next batch runs
                 error_id = uuid.uuid4().hex[:12]
                 log.exception("batch of %d request(s) failed, error id %s", len(batch), error_id)
                 failure = InferenceFailed(f"internal error {error_id} ({type(err).__name__}); see the server's log")
                 for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(failure)
+                    if pending.future is None or not pending.future.done():
+                        self._fail(pending, failure)
+            finally:
+                self._send_answers()
 
     def _collect(self) -> list[_Pending] | None:
         expired: list[_Pending] = []
         try:
             with self._cond:
-                while True:
-                    while not self._queue:
-                        if self._stopping:
-                            return None
-                        if expired:
-                            return []  # answer them now (finally below), not after the next request arrives
-                        self._cond.wait()
-                    first = self._pop()
-                    if first.deadline >= time.perf_counter():
-                        break
-                    expired.append(first)
-                batch = [first]
-                rows = first.rows
-                deadline = first.enqueued_at + self._max_delay
-                while rows < self._max_rows:
-                    rows = self._take_matching(batch, rows, expired)
-                    if rows >= self._max_rows or self._expected <= 0 or self._stopping:
-                        break
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-                return batch
+                try:
+                    while True:
+                        while not self._queue:
+                            if self._stopping:
+                                return None
+                            if expired:
+                                return []  # answer them now (finally below), not after the next request arrives
+                            self._state = _IDLE
+                            self._cond.wait()
+                        self._state = _BUSY
+                        first = self._pop()
+                        if first.deadline >= time.perf_counter():
+                            break
+                        expired.append(first)
+                    batch = [first]
+                    rows = first.rows
+                    deadline = first.enqueued_at + self._max_delay
+                    while rows < self._max_rows:
+                        rows = self._take_matching(batch, rows, expired)
+                        if rows >= self._max_rows or self._expected <= 0 or self._stopping:
+                            break
+                        remaining = deadline - time.perf_counter()
+                        if remaining <= 0:
+                            break
+                        self._state, self._forming_rows = _FORMING, rows
+                        self._cond.wait(remaining)
+                        self._state = _BUSY
+                    return batch
+                finally:
+                    self._state = _BUSY
         finally:
             now = time.perf_counter()
             for pending in expired:
-                if pending.future.set_running_or_notify_cancel():
-                    pending.future.set_exception(_expired(pending, now))
+                if pending.start():
+                    self._fail(pending, _expired(pending, now))
 
     def _pop(self) -> _Pending:
         pending = self._queue.popleft()
@@ -288,9 +354,38 @@ class Batcher:
         self._queue = kept
         return rows
 
+    def _answer(self, pending: _Pending, outputs: Feeds) -> None:
+        if pending.waiter is not None:
+            self._outbox.append((pending.waiter, outputs, None))
+        else:
+            assert pending.future is not None
+            pending.future.set_result(outputs)
+
+    def _fail(self, pending: _Pending, error: BaseException) -> None:
+        if pending.waiter is not None:
+            self._outbox.append((pending.waiter, None, error))
+        else:
+            assert pending.future is not None
+            pending.future.set_exception(error)
+
+    def _send_answers(self) -> None:
+        """The event loops' answers gathered so far, with one wake-up per loop."""
+        if not self._outbox:
+            return
+        answers, self._outbox = self._outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Feeds], Feeds | None, BaseException | None]]]
+        by_loop = {}
+        for answer in answers:
+            by_loop.setdefault(answer[0].get_loop(), []).append(answer)
+        for loop, theirs in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, theirs)
+            except RuntimeError:  # that loop is closed: nobody waits for these answers any more
+                log.debug("dropped %d answers for a closed event loop", len(theirs))
+
     def _run(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
-        live = [p for p in batch if p.future.set_running_or_notify_cancel()]
+        live = [p for p in batch if p.start()]
         if not live:
             return
         if self._on_batch is not None:
@@ -318,9 +413,9 @@ class Batcher:
         for pending in live:
             end = offset + pending.rows
             try:
-                pending.future.set_result({name: value[offset:end] for name, value in outputs.items()})
+                self._answer(pending, {name: value[offset:end] for name, value in outputs.items()})
             except IndexError as err:  # an output without the batch dimension after all
-                pending.future.set_exception(err)
+                self._fail(pending, err)
             offset = end
 
     def _timed_predict(self, feeds: Feeds, rows: int) -> Feeds:
@@ -333,15 +428,31 @@ class Batcher:
 
     def _run_alone(self, pending: _Pending) -> None:
         try:
-            pending.future.set_result(self._timed_predict(pending.feeds, pending.rows))
+            outputs = self._timed_predict(pending.feeds, pending.rows)
         except ServingError as err:
-            pending.future.set_exception(err)
+            self._fail(pending, err)
         except Exception as err:  # the worker must survive anything and hand it to the request
             error_id = uuid.uuid4().hex[:12]
             log.exception("model run failed, error id %s", error_id)
-            pending.future.set_exception(
-                InferenceFailed(f"internal error {error_id} ({type(err).__name__}); see the server's log")
+            self._fail(
+                pending, InferenceFailed(f"internal error {error_id} ({type(err).__name__}); see the server's log")
             )
+        else:
+            self._answer(pending, outputs)
+
+
+_IDLE, _FORMING, _BUSY = range(3)
+
+
+def _settle(answers: list[tuple[asyncio.Future[Feeds], Feeds | None, BaseException | None]]) -> None:
+    """On the event loop: hand each waiting request its outputs or its error (unless it was cancelled)."""
+    for waiter, outputs, error in answers:
+        if waiter.done():
+            continue
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(outputs)  # type: ignore[arg-type]
 
 
 class DirectRunner:
@@ -392,6 +503,11 @@ class DirectRunner:
             self._queued += 1
         enqueued = time.perf_counter()
         return self._pool.submit(self._call, feeds, enqueued, _NO_DEADLINE if deadline is None else deadline)
+
+    def submit_async(
+        self, feeds: Feeds, *, expected: bool = False, deadline: float | None = None
+    ) -> asyncio.Future[Feeds]:
+        return asyncio.wrap_future(self.submit(feeds, expected=expected, deadline=deadline))
 
     def _call(self, feeds: Feeds, enqueued: float, deadline: float) -> Feeds:
         with self._lock:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -227,11 +226,11 @@ class DataPlane:
             if runner is None:
                 raise NotReady("the model is still loading")
             handed, expected = expected, False
-            future = runner.submit(feeds, expected=handed, deadline=deadline)
+            future = runner.submit_async(feeds, expected=handed, deadline=deadline)
         finally:
             if expected:
                 self.unexpect()
-        results = await asyncio.wrap_future(future)
+        results = await future
         outputs: list[InferOutput] = []
         for wanted in requested:
             array = results[wanted.name]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -252,3 +254,66 @@ def test_the_queue_holds_at_most_its_bound_in_model_time() -> None:
         assert fits.result(10)["y"].shape == (15, 3)
     finally:
         batcher.stop(5)
+
+
+def test_the_answers_of_a_batch_wake_the_event_loop_once() -> None:
+    """submit_async: a merged batch's answers reach the event loop in one call_soon_threadsafe (one wake-up of
+    the loop, one GIL hand-over), not one per request; a request cancelled while queued is not run."""
+    model = GatedModel()
+    batcher = Batcher(model.predict, max_batch_size=8, max_queue_delay=0.0)
+
+    async def run() -> tuple[int, list[np.ndarray], bool]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        original = loop.call_soon_threadsafe
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
+        first = batcher.submit_async({"x": np.zeros((1, 3), np.float32)})
+        assert model.started.wait(10)  # the worker holds the first run until the gate opens
+        waiters = [batcher.submit_async({"x": np.full((1, 3), i + 1, np.float32)}) for i in range(5)]
+        cancelled = batcher.submit_async({"x": np.full((2, 3), 9, np.float32)})
+        cancelled.cancel()
+        model.gate.set()
+        await first
+        results = [(await waiter)["y"] for waiter in waiters]
+        return wakeups, results, cancelled.cancelled()
+
+    batcher.start()
+    try:
+        wakeups, results, was_cancelled = asyncio.run(run())
+    finally:
+        batcher.stop(5)
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result, np.full((1, 3), 2 * (i + 1), np.float32))
+    assert model.runs == [1, 5], "the cancelled request ran, or the others were not merged"
+    assert wakeups == 2, f"{wakeups} wake-ups of the event loop for 2 runs"
+    assert was_cancelled
+
+
+def test_a_forming_batch_runs_when_the_last_announced_request_arrives() -> None:
+    """While a batch waits for announced requests, a submit that cannot complete it does not wake the worker; the
+    last announced one must (as a full batch would), so that the batch runs then and not at its delay (5 s)."""
+    runs: list[int] = []
+
+    def predict(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        runs.append(int(feeds["x"].shape[0]))
+        return feeds
+
+    batcher = Batcher(predict, max_batch_size=8, max_queue_delay=5.0)
+    batcher.start()
+    try:
+        for _ in range(4):
+            batcher.expect()
+        started = time.perf_counter()
+        futures = [batcher.submit({"x": np.ones((1, 3), np.float32)}, expected=True) for _ in range(4)]
+        for future in futures:
+            future.result(10)
+        waited = time.perf_counter() - started
+    finally:
+        batcher.stop(5)
+    assert sum(runs) == 4 and waited < 2.5, (runs, waited)
