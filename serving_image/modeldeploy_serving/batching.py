@@ -131,13 +131,17 @@ class Batcher:
         max_queue_rows: int = 1 << 62,
         max_queue_requests: int = 1 << 62,
         max_queue_wait: float = float("inf"),
+        max_queue_batches: float = float("inf"),
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self._predict = predict
         self._max_rows = max_batch_size
         self._max_queue_wait = max_queue_wait
+        self._max_queue_batches = max_queue_batches
         # Model seconds per row, a moving average of recent runs: what the queued rows will cost to run.
         self._seconds_per_row = 0.0
+        # When the run in progress should end (perf_counter; 0 when none runs), by the same estimate.
+        self._busy_until = 0.0
         self._max_delay = max_queue_delay
         self._max_queue_rows = max_queue_rows
         self._max_queue_requests = max_queue_requests
@@ -236,18 +240,12 @@ class Batcher:
                     expected = False
                 if self._stopping:
                     raise NotReady("the server is shutting down")
-                wait = (self._queued_rows + rows) * self._seconds_per_row
                 if self._queue and (
                     self._queued_rows + rows > self._max_queue_rows
                     or len(self._queue) + len(parts) > self._max_queue_requests
-                    or wait > self._max_queue_wait
+                    or self._work_ahead() > self._wait_bound()
                 ):
-                    raise Overloaded(
-                        f"the queue is full ({len(self._queue)} requests, {self._queued_rows} rows, about "
-                        f"{wait * 1000:.0f} ms of work waiting with this one; at most {self._max_queue_requests} "
-                        f"requests, {self._max_queue_rows} rows, {self._max_queue_wait * 1000:.0f} ms); retry later",
-                        reason="queue_full",
-                    )
+                    raise self._full()
                 self._queue.extend(parts)
                 self._queued_rows += rows
                 state = self._state
@@ -260,6 +258,36 @@ class Batcher:
             if expected:
                 self.unexpect()
         return parts
+
+    def check_room(self) -> None:
+        """Overloaded if a request would be shed now whatever its size: called before its body is read and
+        decoded, so that a saturated server spends no CPU on requests it cannot take (that CPU is the model's)."""
+        if self._queue and (
+            self._queued_rows >= self._max_queue_rows
+            or len(self._queue) >= self._max_queue_requests
+            or self._work_ahead() > self._wait_bound()
+        ):
+            raise self._full()
+
+    def _work_ahead(self) -> float:
+        """Model seconds before a request queued now starts: the queued rows at the recent time per row, and what is
+        left of the run in progress. A request's own rows are not counted, so that a large request is admitted
+        as readily as a small one (it is bounded by max_request_rows instead)."""
+        running = self._busy_until - time.perf_counter() if self._busy_until else 0.0
+        return self._queued_rows * self._seconds_per_row + max(running, 0.0)
+
+    def _wait_bound(self) -> float:
+        """The bound of _work_ahead: max_queue_wait, or max_queue_batches full batches at the recent time per row
+        when that is less (the unit a batching server's latency is made of, for a light model and a heavy one)."""
+        return min(self._max_queue_wait, self._max_queue_batches * self._max_rows * self._seconds_per_row)
+
+    def _full(self) -> Overloaded:
+        return Overloaded(
+            f"the queue is full ({len(self._queue)} requests, {self._queued_rows} rows, about "
+            f"{self._work_ahead() * 1000:.0f} ms of model time ahead; at most {self._max_queue_requests} requests, "
+            f"{self._max_queue_rows} rows, {self._wait_bound() * 1000:.0f} ms); retry later",
+            reason="queue_full",
+        )
 
     @staticmethod
     def _joined(parts: list[_Pending]) -> Future[Feeds]:
@@ -420,7 +448,11 @@ class Batcher:
 
     def _timed_predict(self, feeds: Feeds, rows: int) -> Feeds:
         started = time.perf_counter()
-        outputs = self._predict(feeds)
+        self._busy_until = started + rows * self._seconds_per_row
+        try:
+            outputs = self._predict(feeds)
+        finally:
+            self._busy_until = 0.0
         per_row = (time.perf_counter() - started) / max(rows, 1)
         # Written by the worker only; submit() reads a float, which is atomic in CPython.
         self._seconds_per_row = per_row if not self._seconds_per_row else 0.8 * self._seconds_per_row + 0.2 * per_row
@@ -489,17 +521,23 @@ class DirectRunner:
     def unexpect(self) -> None:
         pass
 
+    def check_room(self) -> None:
+        if self._queued >= self._max_queue_requests:
+            raise self._full()
+
+    def _full(self) -> Overloaded:
+        return Overloaded(
+            f"the queue is full ({self._queued} requests waiting, at most {self._max_queue_requests}); retry later",
+            reason="queue_full",
+        )
+
     def submit(self, feeds: Feeds, *, expected: bool = False, deadline: float | None = None) -> Future[Feeds]:
         del expected
         if self._stopping:
             raise NotReady("the server is shutting down")
         with self._lock:
             if self._queued >= self._max_queue_requests:
-                raise Overloaded(
-                    f"the queue is full ({self._queued} requests waiting, at most {self._max_queue_requests}); "
-                    "retry later",
-                    reason="queue_full",
-                )
+                raise self._full()
             self._queued += 1
         enqueued = time.perf_counter()
         return self._pool.submit(self._call, feeds, enqueued, _NO_DEADLINE if deadline is None else deadline)

@@ -90,6 +90,7 @@ class DataPlane:
                 max_queue_rows=s.max_queue_rows,
                 max_queue_requests=s.max_queue_requests,
                 max_queue_wait=s.max_queue_wait_seconds,
+                max_queue_batches=s.max_queue_batches,
                 on_batch=self.metrics.observe_batch,
             )
         else:
@@ -172,11 +173,14 @@ class DataPlane:
     # --- inference -----------------------------------------------------------------------------------------
 
     def admission(self, name: str, version: str | None) -> Admission:
-        """The check each input of a request to `name` passes before it is decoded; 404 / 503 at once."""
+        """The check each input of a request to `name` passes before it is decoded; 404 / 503 at once, also when
+        the queue is so full that any request would be shed (before the body is read: a saturated server spends
+        its CPU on the model, not on reading and decoding requests it would refuse)."""
         self._resolve(name, version)
-        admission = self._admission
-        if admission is None:
+        admission, runner = self._admission, self._runner
+        if admission is None or runner is None:
             raise NotReady("the model is still loading")
+        runner.check_room()
         return admission
 
     @contextmanager

@@ -236,7 +236,9 @@ def test_announced_requests_are_counted_back_on_every_path() -> None:
 
 
 def test_the_queue_holds_at_most_its_bound_in_model_time() -> None:
-    """Rows cost what the recent runs took per row: a heavy model's queue fills in fewer rows than a light one's."""
+    """Rows cost what the recent runs took per row: a heavy model's queue fills in fewer rows than a light one's.
+    What counts is the model time ahead of a request, not its own rows, so a large request is taken as readily as
+    a small one; with the queue that full, any request is refused before it is read (check_room)."""
     model = GatedModel()
     batcher = Batcher(model.predict, max_batch_size=4, max_queue_delay=0.0, max_queue_wait=0.5)
     batcher.start()
@@ -245,13 +247,43 @@ def test_the_queue_holds_at_most_its_bound_in_model_time() -> None:
         assert model.started.wait(10)
         batcher._seconds_per_row = 0.01  # as if the recent runs took 10 ms a row
         queued = batcher.submit({"x": np.ones((30, 3), np.float32)})  # into the empty queue: always taken
-        fits = batcher.submit({"x": np.ones((15, 3), np.float32)})  # 45 rows: 450 ms of work
-        with pytest.raises(Overloaded, match="about 510 ms of work"):
-            batcher.submit({"x": np.ones((6, 3), np.float32)})  # 51 rows: 510 ms, over the bound
+        fits = batcher.submit({"x": np.ones((15, 3), np.float32)})  # 300 ms ahead of it
+        batcher.check_room()  # 450 ms ahead: room
+        large = batcher.submit({"x": np.ones((6, 3), np.float32)})  # 450 ms ahead of it: taken
+        with pytest.raises(Overloaded, match="about 510 ms of model time ahead"):
+            batcher.submit({"x": np.ones((1, 3), np.float32)})  # 510 ms ahead: over the bound
+        with pytest.raises(Overloaded, match="queue is full"):
+            batcher.check_room()
         model.gate.set()
         first.result(10)
         assert queued.result(10)["y"].shape == (30, 3)
         assert fits.result(10)["y"].shape == (15, 3)
+        assert large.result(10)["y"].shape == (6, 3)
+    finally:
+        batcher.stop(5)
+
+
+def test_the_bound_in_batches_and_the_run_in_progress_count() -> None:
+    """max_queue_batches: the bound in full batches at the recent time per row, when less than max_queue_wait;
+    what is left of the run in progress counts as work ahead too."""
+    model = GatedModel()
+    batcher = Batcher(model.predict, max_batch_size=4, max_queue_delay=0.0, max_queue_wait=0.5, max_queue_batches=2)
+    batcher.start()
+    try:
+        first = batcher.submit({"x": np.zeros((1, 3), np.float32)})
+        assert model.started.wait(10)
+        batcher._seconds_per_row = 0.01  # 2 batches of 4 rows: 80 ms
+        queued = batcher.submit({"x": np.ones((5, 3), np.float32)})  # into the empty queue
+        fits = batcher.submit({"x": np.ones((4, 3), np.float32)})  # 50 ms ahead
+        with pytest.raises(Overloaded, match=r"about 90 ms of model time ahead.* 80 ms"):
+            batcher.submit({"x": np.ones((1, 3), np.float32)})
+        batcher._busy_until = time.perf_counter() + 10  # as if the run in progress had 10 s to go
+        with pytest.raises(Overloaded, match="queue is full"):
+            batcher.check_room()
+        model.gate.set()
+        first.result(10)
+        assert queued.result(10)["y"].shape == (5, 3)
+        assert fits.result(10)["y"].shape == (4, 3)
     finally:
         batcher.stop(5)
 
