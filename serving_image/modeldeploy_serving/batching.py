@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 Feeds = dict[str, Array]
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 _NO_DEADLINE = float("inf")
+_Answer = tuple["asyncio.Future[Feeds]", "Feeds | None", "BaseException | None"]
+"""A request waiting on an event loop, and its outputs or its error."""
 
 
 def signature_of(feeds: Feeds) -> Signature:
@@ -156,7 +158,7 @@ class Batcher:
         self._state = _BUSY
         self._forming_rows = 0
         # Answers for event loops, sent once the batch is done (worker thread only).
-        self._outbox: list[tuple[asyncio.Future[Feeds], Feeds | None, BaseException | None]] = []
+        self._outbox: list[_Answer] = []
         self._thread = threading.Thread(target=self._work, name="modeldeploy-batcher", daemon=True)
 
     def start(self) -> None:
@@ -401,8 +403,7 @@ class Batcher:
         if not self._outbox:
             return
         answers, self._outbox = self._outbox, []
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Feeds], Feeds | None, BaseException | None]]]
-        by_loop = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
         for answer in answers:
             by_loop.setdefault(answer[0].get_loop(), []).append(answer)
         for loop, theirs in by_loop.items():
@@ -476,7 +477,7 @@ class Batcher:
 _IDLE, _FORMING, _BUSY = range(3)
 
 
-def _settle(answers: list[tuple[asyncio.Future[Feeds], Feeds | None, BaseException | None]]) -> None:
+def _settle(answers: list[_Answer]) -> None:
     """On the event loop: hand each waiting request its outputs or its error (unless it was cancelled)."""
     for waiter, outputs, error in answers:
         if waiter.done():

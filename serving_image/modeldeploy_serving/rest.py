@@ -322,6 +322,7 @@ class BodyWatchdog:
         self._deadlines: dict[asyncio.Task[object], float] = {}
         self._cancelled: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def watch(self) -> asyncio.Task[object]:
         """Register the running task, which is about to read a body."""
@@ -329,8 +330,8 @@ class BodyWatchdog:
         assert task is not None, "bodies are read in a task"
         loop = task.get_loop()
         self._deadlines[task] = loop.time() + self.timeout
-        if self._timer is None:
-            self._timer = loop.call_at(loop.time() + self.period, self._check, loop)
+        if self._timer is None or loop is not self._loop:  # the server's loop, or a new one (tests run several)
+            self._timer, self._loop = loop.call_at(loop.time() + self.period, self._check, loop), loop
         return task
 
     def done(self, task: asyncio.Task[object]) -> None:
