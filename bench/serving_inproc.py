@@ -196,7 +196,10 @@ def main() -> int:
     paths = {rev: sources(rev, work / "src") for rev in args.revisions}
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}\n")
     if args.callgrind:
-        print("| revision | instructions/request, all threads | event loop thread | other threads | runs/request |")
+        print(
+            "| revision | instructions/request, all threads | event loop thread | other threads | "
+            "model runs/request (N, 2N) |"
+        )
         print("|---|---|---|---|---|")
         for rev, path in paths.items():
             small = run_child(path, args, args.requests, work / "cg.small")
@@ -204,10 +207,10 @@ def main() -> int:
             extra = args.requests
             loop = (large["instructions"].get(1, 0) - small["instructions"].get(1, 0)) / extra
             total = (sum(large["instructions"].values()) - sum(small["instructions"].values())) / extra
-            runs = (large["runs"] - small["runs"]) / extra
+            runs = f"{small['runs'] / args.requests:.3f}, {large['runs'] / (2 * args.requests):.3f}"
             failures = small["failures"] + large["failures"]
             note = f" ({failures} answers not 200)" if failures else ""
-            print(f"| {rev}{note} | {total:,.0f} | {loop:,.0f} | {total - loop:,.0f} | {runs:.3f} |")
+            print(f"| {rev}{note} | {total:,.0f} | {loop:,.0f} | {total - loop:,.0f} | {runs} |", flush=True)
         return 0
     print(
         "| revision | round | us CPU/request | event loop us | batcher us | batcher wake-ups/request | runs/request |"

@@ -52,7 +52,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add(
         "--max-queue-batches",
         type=int,
-        help="model time queued at most in full batches, then 503 (MODELDEPLOY_MAX_QUEUE_BATCHES, default 3)",
+        help="model time queued at most in full batches, then 503 (MODELDEPLOY_MAX_QUEUE_BATCHES, default 2)",
     )
     add(
         "--queue-timeout-ms",
