@@ -102,7 +102,17 @@ def test_concurrent_http_requests_each_get_their_unbatched_result(models: dict[s
     """Many clients at once on a model slow enough that requests queue: merged runs, per-request exact answers."""
     session = ort.InferenceSession(str(models["slow"] / "model.onnx"), providers=["CPUExecutionProvider"])
     # No shedding: on a busy machine the queue's model time could pass its bound, and this test is about merging.
-    server = start_server(models["slow"], "--grpc-port", "0", "--max-batch-size", "16", "--max-queue-wait-ms", "600000")
+    server = start_server(
+        models["slow"],
+        "--grpc-port",
+        "0",
+        "--max-batch-size",
+        "16",
+        "--max-queue-wait-ms",
+        "600000",
+        "--max-queue-batches",
+        "1000",
+    )
     rng = np.random.default_rng(1)
     inputs = [rng.normal(size=(int(rng.integers(1, 6)), 512)).astype(np.float32) for _ in range(48)]
 

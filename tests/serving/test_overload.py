@@ -48,6 +48,13 @@ def metric(server: ServerProcess, pattern: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def is_complete(answer: bytes) -> bool:
+    """An HTTP/1.1 answer's head and as much body as its Content-Length says."""
+    head, separator, body = answer.partition(b"\r\n\r\n")
+    length = re.search(rb"(?i)content-length: *(\d+)", head)
+    return bool(separator) and (length is None or len(body) >= int(length.group(1)))
+
+
 def queued_rows_running(server: ServerProcess) -> bool:
     """A batch is running: the batch-size histogram counted it."""
     return metric(server, r'^modeldeploy_batch_size_count\{model="slow"\}') >= 1
@@ -177,9 +184,13 @@ def test_a_saturated_server_sheds_before_it_reads_the_body(slow_server: ServerPr
     ).encode()
 
     def headers_only_answer() -> bytes:
+        """The whole answer (its head and body may come in separate reads) to a request that sent no body."""
         with socket.create_connection((host, int(port)), timeout=5) as sock:
             sock.sendall(head)
-            return sock.recv(4096)
+            answer = b""
+            while not is_complete(answer) and (chunk := sock.recv(4096)):
+                answer += chunk
+            return answer
 
     with ThreadPoolExecutor(1) as pool:
         busy = pool.submit(httpx.post, url, content=body, headers=headers, timeout=120)
