@@ -42,15 +42,11 @@ def sources(revision: str, work: Path) -> str:
     """A PYTHONPATH with the program sources of `revision` first."""
     if revision == ".":
         return f"{ROOT / 'src'}:{ROOT / 'serving_image'}"
+    from serving_compare import export  # noqa: PLC0415 - beside this file (on sys.path in main)
+
     into = work / re.sub(r"[^\w.-]", "_", revision)
     if not into.exists():
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", revision, "src/modeldeploy", "serving_image/modeldeploy_serving"],
-            capture_output=True,
-            check=True,
-        ).stdout
-        into.mkdir(parents=True)
-        subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+        export(revision, into)
     return f"{into / 'src'}:{into / 'serving_image'}"
 
 
