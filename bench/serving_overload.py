@@ -291,6 +291,7 @@ def main() -> int:
     shed = overload.count(503)
     other = overload.count() - overload.count(200) - shed
     p99_unloaded = pct(unloaded.admitted(), 99)
+    admitted_rows = len(overload.admitted("small")) * SMALL_ROWS + len(overload.admitted("large")) * args.large_rows
     p99_admitted = pct(overload.admitted(), 99)
     lines = [
         "| phase | clients | requests/s answered 200 | 503/s | other | p50 ms | p99 ms | p99 small ms | p99 large ms |",
@@ -320,7 +321,10 @@ def main() -> int:
         f"{p99_admitted / p99_unloaded:.2f}x (goal <= 3x)",
         f"- admitted under overload: {overload.count(200) / args.seconds:.1f}/s "
         f"({overload.count(200) / args.seconds / capacity_rps:.0%} of capacity; server CPU {overload_cpu:.1f} s "
-        f"in {args.seconds:.0f} s)",
+        f"in {args.seconds:.0f} s); rows answered {admitted_rows / args.seconds:.0f}/s, "
+        f"{admitted_rows / max(overload_cpu, 1e-9):.0f} per server CPU second; large requests "
+        f"{len(overload.admitted('large')) / max(overload.count(200), 1):.0%} of those admitted "
+        f"({args.large_share:.0%} of those sent)",
         f"- recovery: a small request answered 200 within {bound * 1000:.0f} ms (2x the unloaded small p99, at "
         f"least 50 ms) {recovered:.2f} s after the load stopped (goal <= 2 s)",
         f"- server alive after the run (no restart, no OOM kill): {alive}; peak memory {peak:.0f} MB (VmHWM, or "

@@ -36,9 +36,7 @@ class Admission:
         if datatype != spec.datatype:
             raise InvalidInput(f"input {name!r} has datatype {datatype}, the model needs {spec.datatype}")
         shape = check_shape(name, raw_shape)
-        if len(shape) != len(spec.shape) or any(
-            want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
-        ):
+        if not fits(shape, spec.shape):
             raise InvalidInput(
                 f"input {name!r} has shape {list(shape)}, the model needs {list(spec.shape)} (-1: any size)"
             )
@@ -76,6 +74,17 @@ def _max_values(inputs: tuple[TensorMetadata, ...], max_rows: int) -> int | None
             per_row *= dim
         total += max_rows * per_row
     return total
+
+
+def fits(shape: tuple[int, ...], declared: tuple[int, ...]) -> bool:
+    """Whether `shape` has the rank of the model's `declared` shape and its size wherever that is fixed (not -1).
+    A plain loop: this runs for every input of every request."""
+    if len(shape) != len(declared):
+        return False
+    for want, got in zip(declared, shape):  # noqa: B905, SIM110 - lengths checked above; no generator
+        if want not in (got, -1):
+            return False
+    return True
 
 
 def admit_any(name: str, datatype: str, raw_shape: Any) -> tuple[int, ...]:

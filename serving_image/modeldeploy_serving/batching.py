@@ -16,6 +16,7 @@ the worker: a batch that fails in an unforeseen way fails its own requests (with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 Feeds = dict[str, Array]
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 _NO_DEADLINE = float("inf")
+_Answer = tuple["asyncio.Future[Feeds]", "Feeds | None", "BaseException | None"]
+"""A request waiting on an event loop, and its outputs or its error."""
 
 
 def signature_of(feeds: Feeds) -> Signature:
@@ -49,12 +52,23 @@ def rows_of(feeds: Feeds) -> int:
 
 @dataclass
 class _Pending:
+    """One queued request (or chunk of one). Its caller waits on `future` (a thread) or on `waiter` (an event loop,
+    see Batcher.submit_async), never both."""
+
     feeds: Feeds
     rows: int
     signature: Signature
-    future: Future[Feeds]
+    future: Future[Feeds] | None
     deadline: float = _NO_DEADLINE
     enqueued_at: float = field(default_factory=time.perf_counter)
+    waiter: asyncio.Future[Feeds] | None = None
+
+    def start(self) -> bool:
+        """Whether the request is still wanted, and from now on not cancellable (a thread's future)."""
+        if self.waiter is not None:
+            return not self.waiter.cancelled()  # a read of a flag; a later cancel only drops the answer
+        assert self.future is not None
+        return self.future.set_running_or_notify_cancel()
 
 
 @dataclass(frozen=True)
@@ -102,7 +116,13 @@ def _joined(parent: Future[Feeds], parts: list[Future[Feeds]]) -> None:
 
 
 class Batcher:
-    """Merges concurrent predict calls into runs of `predict`; results are split back per request."""
+    """Merges concurrent predict calls into runs of `predict`; results are split back per request.
+
+    Wake-ups cost: the worker and the event loop share the GIL, and each time one wakes the other both pay for a
+    context switch and a GIL hand-over. So a submit wakes the worker only when it has something to do (it is idle,
+    or the batch it is forming may now be full or has no more requests coming; otherwise it wakes at the batch's
+    delay anyway), and the answers of one batch reach an event loop with one wake-up (submit_async), not one per
+    request."""
 
     def __init__(
         self,
@@ -113,13 +133,17 @@ class Batcher:
         max_queue_rows: int = 1 << 62,
         max_queue_requests: int = 1 << 62,
         max_queue_wait: float = float("inf"),
+        max_queue_batches: float = float("inf"),
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self._predict = predict
         self._max_rows = max_batch_size
         self._max_queue_wait = max_queue_wait
+        self._max_queue_batches = max_queue_batches
         # Model seconds per row, a moving average of recent runs: what the queued rows will cost to run.
         self._seconds_per_row = 0.0
+        # When the run in progress should end (perf_counter; 0 when none runs), by the same estimate.
+        self._busy_until = 0.0
         self._max_delay = max_queue_delay
         self._max_queue_rows = max_queue_rows
         self._max_queue_requests = max_queue_requests
@@ -129,6 +153,12 @@ class Batcher:
         self._cond = threading.Condition()
         self._expected = 0
         self._stopping = False
+        # What the worker waits for: _IDLE (any request), _FORMING (more rows for the batch of _forming_rows), or
+        # _BUSY (not waiting: nobody needs to wake it).
+        self._state = _BUSY
+        self._forming_rows = 0
+        # Answers for event loops, sent once the batch is done (worker thread only).
+        self._outbox: list[_Answer] = []
         self._thread = threading.Thread(target=self._work, name="modeldeploy-batcher", daemon=True)
 
     def start(self) -> None:
@@ -165,11 +195,34 @@ class Batcher:
         """An announced request will not come (it failed before submit)."""
         with self._cond:
             self._expected -= 1
-            self._cond.notify_all()
+            if self._state == _FORMING and self._expected <= 0:
+                self._cond.notify()
 
     def submit(self, feeds: Feeds, *, expected: bool = False, deadline: float | None = None) -> Future[Feeds]:
         """Queue one request (its inputs share a first dimension, the rows); the future gets its outputs. With
         `expected`, this call ends the announcement whatever happens. Overloaded when the queue is full."""
+        parts = self._queue_parts(feeds, expected, deadline, None)
+        if len(parts) == 1:
+            future = parts[0].future
+            assert future is not None
+            return future
+        return self._joined(parts)
+
+    def submit_async(
+        self, feeds: Feeds, *, expected: bool = False, deadline: float | None = None
+    ) -> asyncio.Future[Feeds]:
+        """submit for a caller on the running event loop: the answers of a batch reach that loop with one wake-up
+        for all its requests (a thread's future would wake it once per request)."""
+        loop = asyncio.get_running_loop()
+        parts = self._queue_parts(feeds, expected, deadline, loop)
+        waiter = parts[0].waiter
+        if waiter is not None:
+            return waiter
+        return asyncio.wrap_future(self._joined(parts), loop=loop)  # a request split into chunks: rare, large
+
+    def _queue_parts(
+        self, feeds: Feeds, expected: bool, deadline: float | None, loop: asyncio.AbstractEventLoop | None
+    ) -> list[_Pending]:
         try:
             rows = rows_of(feeds)
             until = _NO_DEADLINE if deadline is None else deadline
@@ -178,37 +231,70 @@ class Batcher:
                     {name: array[start : start + self._max_rows] for name, array in feeds.items()}
                     for start in range(0, rows, self._max_rows)
                 ]
+                parts = [_Pending(chunk, rows_of(chunk), signature_of(chunk), Future(), until) for chunk in chunks]
+            elif loop is not None:
+                parts = [_Pending(feeds, rows, signature_of(feeds), None, until, waiter=loop.create_future())]
             else:
-                chunks = [feeds]
-            parts = [_Pending(chunk, rows_of(chunk), signature_of(chunk), Future(), until) for chunk in chunks]
+                parts = [_Pending(feeds, rows, signature_of(feeds), Future(), until)]
             with self._cond:
                 if expected:
                     self._expected -= 1
                     expected = False
                 if self._stopping:
                     raise NotReady("the server is shutting down")
-                wait = (self._queued_rows + rows) * self._seconds_per_row
                 if self._queue and (
                     self._queued_rows + rows > self._max_queue_rows
                     or len(self._queue) + len(parts) > self._max_queue_requests
-                    or wait > self._max_queue_wait
+                    or self._work_ahead() > self._wait_bound()
                 ):
-                    raise Overloaded(
-                        f"the queue is full ({len(self._queue)} requests, {self._queued_rows} rows, about "
-                        f"{wait * 1000:.0f} ms of work waiting with this one; at most {self._max_queue_requests} "
-                        f"requests, {self._max_queue_rows} rows, {self._max_queue_wait * 1000:.0f} ms); retry later",
-                        reason="queue_full",
-                    )
+                    raise self._full()
                 self._queue.extend(parts)
                 self._queued_rows += rows
-                self._cond.notify_all()
+                state = self._state
+                if state == _IDLE or (
+                    state == _FORMING
+                    and (self._expected <= 0 or self._forming_rows + self._queued_rows >= self._max_rows)
+                ):
+                    self._cond.notify()
         finally:
             if expected:
                 self.unexpect()
-        if len(parts) == 1:
-            return parts[0].future
+        return parts
+
+    def check_room(self) -> None:
+        """Overloaded if a request would be shed now whatever its size: called before its body is read and
+        decoded, so that a saturated server spends no CPU on requests it cannot take (that CPU is the model's)."""
+        if self._queue and (
+            self._queued_rows >= self._max_queue_rows
+            or len(self._queue) >= self._max_queue_requests
+            or self._work_ahead() > self._wait_bound()
+        ):
+            raise self._full()
+
+    def _work_ahead(self) -> float:
+        """Model seconds before a request queued now starts: the queued rows at the recent time per row, and what is
+        left of the run in progress. A request's own rows are not counted, so that a large request is admitted
+        as readily as a small one (it is bounded by max_request_rows instead)."""
+        running = self._busy_until - time.perf_counter() if self._busy_until else 0.0
+        return self._queued_rows * self._seconds_per_row + max(running, 0.0)
+
+    def _wait_bound(self) -> float:
+        """The bound of _work_ahead: max_queue_wait, or max_queue_batches full batches at the recent time per row
+        when that is less (the unit a batching server's latency is made of, for a light model and a heavy one)."""
+        return min(self._max_queue_wait, self._max_queue_batches * self._max_rows * self._seconds_per_row)
+
+    def _full(self) -> Overloaded:
+        return Overloaded(
+            f"the queue is full ({len(self._queue)} requests, {self._queued_rows} rows, about "
+            f"{self._work_ahead() * 1000:.0f} ms of model time ahead; at most {self._max_queue_requests} requests, "
+            f"{self._max_queue_rows} rows, {self._wait_bound() * 1000:.0f} ms); retry later",
+            reason="queue_full",
+        )
+
+    @staticmethod
+    def _joined(parts: list[_Pending]) -> Future[Feeds]:
         parent: Future[Feeds] = Future()
-        _joined(parent, [p.future for p in parts])
+        _joined(parent, [p.future for p in parts if p.future is not None])
         return parent
 
     def _work(self) -> None:
@@ -219,47 +305,57 @@ class Batcher:
                 if collected is None:
                     return
                 batch = collected
+                self._send_answers()  # of requests that expired while this batch was collected
                 self._run(batch)
             except Exception as err:  # the worker outlives any batch: its requests fail, the next batch runs
                 error_id = uuid.uuid4().hex[:12]
                 log.exception("batch of %d request(s) failed, error id %s", len(batch), error_id)
                 failure = InferenceFailed(f"internal error {error_id} ({type(err).__name__}); see the server's log")
                 for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(failure)
+                    if pending.future is None or not pending.future.done():
+                        self._fail(pending, failure)
+            finally:
+                self._send_answers()
 
     def _collect(self) -> list[_Pending] | None:
         expired: list[_Pending] = []
         try:
             with self._cond:
-                while True:
-                    while not self._queue:
-                        if self._stopping:
-                            return None
-                        if expired:
-                            return []  # answer them now (finally below), not after the next request arrives
-                        self._cond.wait()
-                    first = self._pop()
-                    if first.deadline >= time.perf_counter():
-                        break
-                    expired.append(first)
-                batch = [first]
-                rows = first.rows
-                deadline = first.enqueued_at + self._max_delay
-                while rows < self._max_rows:
-                    rows = self._take_matching(batch, rows, expired)
-                    if rows >= self._max_rows or self._expected <= 0 or self._stopping:
-                        break
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-                return batch
+                try:
+                    while True:
+                        while not self._queue:
+                            if self._stopping:
+                                return None
+                            if expired:
+                                return []  # answer them now (finally below), not after the next request arrives
+                            self._state = _IDLE
+                            self._cond.wait()
+                        self._state = _BUSY
+                        first = self._pop()
+                        if first.deadline >= time.perf_counter():
+                            break
+                        expired.append(first)
+                    batch = [first]
+                    rows = first.rows
+                    deadline = first.enqueued_at + self._max_delay
+                    while rows < self._max_rows:
+                        rows = self._take_matching(batch, rows, expired)
+                        if rows >= self._max_rows or self._expected <= 0 or self._stopping:
+                            break
+                        remaining = deadline - time.perf_counter()
+                        if remaining <= 0:
+                            break
+                        self._state, self._forming_rows = _FORMING, rows
+                        self._cond.wait(remaining)
+                        self._state = _BUSY
+                    return batch
+                finally:
+                    self._state = _BUSY
         finally:
             now = time.perf_counter()
             for pending in expired:
-                if pending.future.set_running_or_notify_cancel():
-                    pending.future.set_exception(_expired(pending, now))
+                if pending.start():
+                    self._fail(pending, _expired(pending, now))
 
     def _pop(self) -> _Pending:
         pending = self._queue.popleft()
@@ -288,9 +384,37 @@ class Batcher:
         self._queue = kept
         return rows
 
+    def _answer(self, pending: _Pending, outputs: Feeds) -> None:
+        if pending.waiter is not None:
+            self._outbox.append((pending.waiter, outputs, None))
+        else:
+            assert pending.future is not None
+            pending.future.set_result(outputs)
+
+    def _fail(self, pending: _Pending, error: BaseException) -> None:
+        if pending.waiter is not None:
+            self._outbox.append((pending.waiter, None, error))
+        else:
+            assert pending.future is not None
+            pending.future.set_exception(error)
+
+    def _send_answers(self) -> None:
+        """The event loops' answers gathered so far, with one wake-up per loop."""
+        if not self._outbox:
+            return
+        answers, self._outbox = self._outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
+        for answer in answers:
+            by_loop.setdefault(answer[0].get_loop(), []).append(answer)
+        for loop, theirs in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, theirs)
+            except RuntimeError:  # that loop is closed: nobody waits for these answers any more
+                log.debug("dropped %d answers for a closed event loop", len(theirs))
+
     def _run(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
-        live = [p for p in batch if p.future.set_running_or_notify_cancel()]
+        live = [p for p in batch if p.start()]
         if not live:
             return
         if self._on_batch is not None:
@@ -318,14 +442,18 @@ class Batcher:
         for pending in live:
             end = offset + pending.rows
             try:
-                pending.future.set_result({name: value[offset:end] for name, value in outputs.items()})
+                self._answer(pending, {name: value[offset:end] for name, value in outputs.items()})
             except IndexError as err:  # an output without the batch dimension after all
-                pending.future.set_exception(err)
+                self._fail(pending, err)
             offset = end
 
     def _timed_predict(self, feeds: Feeds, rows: int) -> Feeds:
         started = time.perf_counter()
-        outputs = self._predict(feeds)
+        self._busy_until = started + rows * self._seconds_per_row
+        try:
+            outputs = self._predict(feeds)
+        finally:
+            self._busy_until = 0.0
         per_row = (time.perf_counter() - started) / max(rows, 1)
         # Written by the worker only; submit() reads a float, which is atomic in CPython.
         self._seconds_per_row = per_row if not self._seconds_per_row else 0.8 * self._seconds_per_row + 0.2 * per_row
@@ -333,15 +461,31 @@ class Batcher:
 
     def _run_alone(self, pending: _Pending) -> None:
         try:
-            pending.future.set_result(self._timed_predict(pending.feeds, pending.rows))
+            outputs = self._timed_predict(pending.feeds, pending.rows)
         except ServingError as err:
-            pending.future.set_exception(err)
+            self._fail(pending, err)
         except Exception as err:  # the worker must survive anything and hand it to the request
             error_id = uuid.uuid4().hex[:12]
             log.exception("model run failed, error id %s", error_id)
-            pending.future.set_exception(
-                InferenceFailed(f"internal error {error_id} ({type(err).__name__}); see the server's log")
+            self._fail(
+                pending, InferenceFailed(f"internal error {error_id} ({type(err).__name__}); see the server's log")
             )
+        else:
+            self._answer(pending, outputs)
+
+
+_IDLE, _FORMING, _BUSY = range(3)
+
+
+def _settle(answers: list[_Answer]) -> None:
+    """On the event loop: hand each waiting request its outputs or its error (unless it was cancelled)."""
+    for waiter, outputs, error in answers:
+        if waiter.done():
+            continue
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(outputs)  # type: ignore[arg-type]
 
 
 class DirectRunner:
@@ -378,20 +522,31 @@ class DirectRunner:
     def unexpect(self) -> None:
         pass
 
+    def check_room(self) -> None:
+        if self._queued >= self._max_queue_requests:
+            raise self._full()
+
+    def _full(self) -> Overloaded:
+        return Overloaded(
+            f"the queue is full ({self._queued} requests waiting, at most {self._max_queue_requests}); retry later",
+            reason="queue_full",
+        )
+
     def submit(self, feeds: Feeds, *, expected: bool = False, deadline: float | None = None) -> Future[Feeds]:
         del expected
         if self._stopping:
             raise NotReady("the server is shutting down")
         with self._lock:
             if self._queued >= self._max_queue_requests:
-                raise Overloaded(
-                    f"the queue is full ({self._queued} requests waiting, at most {self._max_queue_requests}); "
-                    "retry later",
-                    reason="queue_full",
-                )
+                raise self._full()
             self._queued += 1
         enqueued = time.perf_counter()
         return self._pool.submit(self._call, feeds, enqueued, _NO_DEADLINE if deadline is None else deadline)
+
+    def submit_async(
+        self, feeds: Feeds, *, expected: bool = False, deadline: float | None = None
+    ) -> asyncio.Future[Feeds]:
+        return asyncio.wrap_future(self.submit(feeds, expected=expected, deadline=deadline))
 
     def _call(self, feeds: Feeds, enqueued: float, deadline: float) -> Feeds:
         with self._lock:

@@ -50,6 +50,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="model time queued at most, then 503 (MODELDEPLOY_MAX_QUEUE_WAIT_MS, default 500)",
     )
     add(
+        "--max-queue-batches",
+        type=int,
+        help="model time queued at most in full batches, then 503 (MODELDEPLOY_MAX_QUEUE_BATCHES, default 2)",
+    )
+    add(
         "--queue-timeout-ms",
         type=int,
         help="a request queued this long gets 503 (MODELDEPLOY_QUEUE_TIMEOUT_MS, default 5000)",
@@ -102,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         "max_queue_requests",
         "queue_timeout_ms",
         "max_queue_wait_ms",
+        "max_queue_batches",
         "max_decoding_bytes",
         "max_concurrent_requests",
         "body_timeout_seconds",

@@ -78,6 +78,7 @@ class RestApp:
         self.tokens = tokens
         self.limit = plane.settings.max_request_bytes
         self.body_timeout = plane.settings.body_timeout_seconds
+        self.watchdog = BodyWatchdog(self.body_timeout)
         self.open_paths = frozenset(p.strip() for p in plane.settings.auth_open_paths.split(",") if p.strip())
         # Bodies larger than _DECODE_OFF_LOOP_BYTES are decoded on a worker thread: the event loop keeps answering
         # health probes and reading other requests meanwhile. One thread, so that decoding never holds more than one
@@ -132,50 +133,51 @@ class RestApp:
     ) -> bytes | None:
         """The body from the ASGI messages; None when the client went away before sending it all. Refused (413) as
         soon as it is known to be over the limit, before it is buffered whole; 408 when it has not arrived within
-        the body timeout. With `held`, the bytes are taken from the server's budget (all at once when
-        Content-Length says how many) and `held[0]` says how many, for the caller to give back. A JSON body is
+        the body timeout (see BodyWatchdog). With `held`, the bytes are taken from the server's budget (all at once
+        when Content-Length says how many) and `held[0]` says how many, for the caller to give back. A JSON body is
         refused as soon as it holds more values than `max_values`, before the rest of it is read."""
-        try:
-            async with asyncio.timeout(self.body_timeout):  # no task per request, unlike wait_for
-                return await self._receive(receive, declared, max_values, held)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"the request body did not arrive within {self.body_timeout:g} s; send it at once"
-            ) from None
-
-    async def _receive(
-        self, receive: Receive, declared: str | None, max_values: int | None, held: list[int] | None
-    ) -> bytes | None:
         limit, budget = self.limit, self.plane.budget
         commas = 0
         if declared is not None:
             if not declared.isdigit():
                 raise InvalidInput(f"Content-Length {declared!r} is not a number")
-            if int(declared) > limit:
+            length = int(declared)
+            if length > limit:
                 raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
             if held is not None:
-                budget.take(int(declared))
-                held[0] = int(declared)
+                budget.take(length)
+                held[0] = length
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return None
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-                if held is not None and size > held[0]:
-                    budget.take(size - held[0])
-                    held[0] = size
-                if max_values is not None:
-                    commas += chunk.count(b",")
-                    check_values(commas + 1, max_values)
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        watchdog = self.watchdog
+        task = watchdog.watch()
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return None
+                chunk = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                    if held is not None and size > held[0]:
+                        budget.take(size - held[0])
+                        held[0] = size
+                    if max_values is not None:
+                        commas += chunk.count(b",")
+                        check_values(commas + 1, max_values)
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except asyncio.CancelledError:
+            if watchdog.timed_out(task):
+                raise RequestTimeout(
+                    f"the request body did not arrive within {self.body_timeout:g} s; send it at once"
+                ) from None
+            raise
+        finally:
+            watchdog.done(task)
 
     # -- POST .../infer: bare ASGI --
 
@@ -201,8 +203,10 @@ class RestApp:
                 try:
                     _check_encoding(encoding)
                     admission = plane.admission(name, version)  # 404 / 503 before the body is read
-                    max_values = admission.max_json_values if header_value is None else None
-                    raw = await self.read_body(receive, declared, max_values, held)
+                    # A JSON body's values are counted while it arrives; a binary body's JSON header when it is cut.
+                    max_values = admission.max_json_values
+                    count_now, count_later = (max_values, None) if header_value is None else (None, max_values)
+                    raw = await self.read_body(receive, declared, count_now, held)
                     if raw is None:
                         metric.code = "499"  # the client closed the connection; nobody reads an answer
                         return
@@ -216,10 +220,10 @@ class RestApp:
                             raw,
                             length,
                             admission.tensor,
-                            admission.max_json_values,
+                            count_later,
                         )
                     else:
-                        decoded = decode_infer_request(raw, length, admission.tensor, admission.max_json_values)
+                        decoded = decode_infer_request(raw, length, admission.tensor, count_later)
                     del raw
                     handed, expected = expected, False
                     response = await plane.infer(name, version, decoded, expected=handed)
@@ -303,6 +307,52 @@ class RestApp:
     async def internal_error(self, request: Request, exc: Exception) -> Response:
         log.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
         return json_response({"error": f"internal error: {type(exc).__name__}: {exc}"}, status=500)
+
+
+class BodyWatchdog:
+    """One timer for the whole event loop instead of one per request: a task reading a body registers itself with
+    its deadline (a dict entry), and a periodic check cancels the tasks that are past it, which read_body turns
+    into 408. A timer per request (asyncio.timeout) costs a heap push and pop of Python objects on every request;
+    this costs two dict operations, and the check runs only while bodies are being read, at most every second. A
+    slow body is refused between its deadline and one period later."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.period = min(1.0, timeout / 4)
+        self._deadlines: dict[asyncio.Task[object], float] = {}
+        self._cancelled: set[asyncio.Task[object]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self) -> asyncio.Task[object]:
+        """Register the running task, which is about to read a body."""
+        task = asyncio.current_task()
+        assert task is not None, "bodies are read in a task"
+        loop = task.get_loop()
+        self._deadlines[task] = loop.time() + self.timeout
+        if self._timer is None or loop is not self._loop:  # the server's loop, or a new one (tests run several)
+            self._timer, self._loop = loop.call_at(loop.time() + self.period, self._check, loop), loop
+        return task
+
+    def done(self, task: asyncio.Task[object]) -> None:
+        del self._deadlines[task]
+        if self._cancelled:
+            self._cancelled.discard(task)
+
+    def timed_out(self, task: asyncio.Task[object]) -> bool:
+        """Whether the CancelledError `task` got is this watchdog's (then it is taken back) and no one else's."""
+        if task not in self._cancelled:
+            return False
+        self._cancelled.discard(task)
+        return task.uncancel() == 0
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for task, deadline in self._deadlines.items():
+            if deadline <= now and task not in self._cancelled:
+                self._cancelled.add(task)
+                task.cancel()
+        self._timer = loop.call_at(now + self.period, self._check, loop) if self._deadlines else None
 
 
 class _InferRoute:

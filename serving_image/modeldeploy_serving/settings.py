@@ -67,8 +67,16 @@ class Settings(EnvSettings):
     """Requests queued for the model at most; over it, shed like max_queue_rows."""
 
     max_queue_wait_ms: Positive = 500
-    """Work queued at most, in milliseconds of model time (queued rows x the recent runs' time per row); a request
-    that would go over is shed at once. This bounds the latency of the requests admitted under overload."""
+    """Model time ahead of a request at most, in milliseconds (the queued rows x the recent runs' time per row, plus
+    what is left of the run in progress); a request that arrives with more ahead of it is shed at once, before its
+    body is read. This bounds the latency of the requests admitted under overload."""
+
+    max_queue_batches: Positive = 2
+    """Model time ahead of a request at most, in full batches (max_batch_size rows at the recent time per row, the
+    run in progress included), when that is less than max_queue_wait_ms: a request admitted under overload waits
+    for about this many batch runs at most, for a light model and a heavy one alike. A request of n batches takes
+    n runs unloaded and at most 2 + n under overload (2x for 2-batch requests, before the CPU that the transport
+    takes from the model under overload); the queue still holds enough to keep the model busy."""
 
     queue_timeout_ms: Positive = 5000
     """A request that waited this long in the queue is answered 503 instead of being run for nobody; a client's V2

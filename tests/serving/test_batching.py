@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -100,7 +102,17 @@ def test_concurrent_http_requests_each_get_their_unbatched_result(models: dict[s
     """Many clients at once on a model slow enough that requests queue: merged runs, per-request exact answers."""
     session = ort.InferenceSession(str(models["slow"] / "model.onnx"), providers=["CPUExecutionProvider"])
     # No shedding: on a busy machine the queue's model time could pass its bound, and this test is about merging.
-    server = start_server(models["slow"], "--grpc-port", "0", "--max-batch-size", "16", "--max-queue-wait-ms", "600000")
+    server = start_server(
+        models["slow"],
+        "--grpc-port",
+        "0",
+        "--max-batch-size",
+        "16",
+        "--max-queue-wait-ms",
+        "600000",
+        "--max-queue-batches",
+        "1000",
+    )
     rng = np.random.default_rng(1)
     inputs = [rng.normal(size=(int(rng.integers(1, 6)), 512)).astype(np.float32) for _ in range(48)]
 
@@ -234,7 +246,9 @@ def test_announced_requests_are_counted_back_on_every_path() -> None:
 
 
 def test_the_queue_holds_at_most_its_bound_in_model_time() -> None:
-    """Rows cost what the recent runs took per row: a heavy model's queue fills in fewer rows than a light one's."""
+    """Rows cost what the recent runs took per row: a heavy model's queue fills in fewer rows than a light one's.
+    What counts is the model time ahead of a request, not its own rows, so a large request is taken as readily as
+    a small one; with the queue that full, any request is refused before it is read (check_room)."""
     model = GatedModel()
     batcher = Batcher(model.predict, max_batch_size=4, max_queue_delay=0.0, max_queue_wait=0.5)
     batcher.start()
@@ -243,12 +257,105 @@ def test_the_queue_holds_at_most_its_bound_in_model_time() -> None:
         assert model.started.wait(10)
         batcher._seconds_per_row = 0.01  # as if the recent runs took 10 ms a row
         queued = batcher.submit({"x": np.ones((30, 3), np.float32)})  # into the empty queue: always taken
-        fits = batcher.submit({"x": np.ones((15, 3), np.float32)})  # 45 rows: 450 ms of work
-        with pytest.raises(Overloaded, match="about 510 ms of work"):
-            batcher.submit({"x": np.ones((6, 3), np.float32)})  # 51 rows: 510 ms, over the bound
+        fits = batcher.submit({"x": np.ones((15, 3), np.float32)})  # 300 ms ahead of it
+        batcher.check_room()  # 450 ms ahead: room
+        large = batcher.submit({"x": np.ones((6, 3), np.float32)})  # 450 ms ahead of it: taken
+        with pytest.raises(Overloaded, match="about 510 ms of model time ahead"):
+            batcher.submit({"x": np.ones((1, 3), np.float32)})  # 510 ms ahead: over the bound
+        with pytest.raises(Overloaded, match="queue is full"):
+            batcher.check_room()
         model.gate.set()
         first.result(10)
         assert queued.result(10)["y"].shape == (30, 3)
         assert fits.result(10)["y"].shape == (15, 3)
+        assert large.result(10)["y"].shape == (6, 3)
     finally:
         batcher.stop(5)
+
+
+def test_the_bound_in_batches_and_the_run_in_progress_count() -> None:
+    """max_queue_batches: the bound in full batches at the recent time per row, when less than max_queue_wait;
+    what is left of the run in progress counts as work ahead too."""
+    model = GatedModel()
+    batcher = Batcher(model.predict, max_batch_size=4, max_queue_delay=0.0, max_queue_wait=0.5, max_queue_batches=2)
+    batcher.start()
+    try:
+        first = batcher.submit({"x": np.zeros((1, 3), np.float32)})
+        assert model.started.wait(10)
+        batcher._seconds_per_row = 0.01  # 2 batches of 4 rows: 80 ms
+        queued = batcher.submit({"x": np.ones((5, 3), np.float32)})  # into the empty queue
+        fits = batcher.submit({"x": np.ones((4, 3), np.float32)})  # 50 ms ahead
+        with pytest.raises(Overloaded, match=r"about 90 ms of model time ahead.* 80 ms"):
+            batcher.submit({"x": np.ones((1, 3), np.float32)})
+        batcher._busy_until = time.perf_counter() + 10  # as if the run in progress had 10 s to go
+        with pytest.raises(Overloaded, match="queue is full"):
+            batcher.check_room()
+        model.gate.set()
+        first.result(10)
+        assert queued.result(10)["y"].shape == (5, 3)
+        assert fits.result(10)["y"].shape == (4, 3)
+    finally:
+        batcher.stop(5)
+
+
+def test_the_answers_of_a_batch_wake_the_event_loop_once() -> None:
+    """submit_async: a merged batch's answers reach the event loop in one call_soon_threadsafe (one wake-up of
+    the loop, one GIL hand-over), not one per request; a request cancelled while queued is not run."""
+    model = GatedModel()
+    batcher = Batcher(model.predict, max_batch_size=8, max_queue_delay=0.0)
+
+    async def run() -> tuple[int, list[np.ndarray], bool]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        original = loop.call_soon_threadsafe
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
+        first = batcher.submit_async({"x": np.zeros((1, 3), np.float32)})
+        assert model.started.wait(10)  # the worker holds the first run until the gate opens
+        waiters = [batcher.submit_async({"x": np.full((1, 3), i + 1, np.float32)}) for i in range(5)]
+        cancelled = batcher.submit_async({"x": np.full((2, 3), 9, np.float32)})
+        cancelled.cancel()
+        model.gate.set()
+        await first
+        results = [(await waiter)["y"] for waiter in waiters]
+        return wakeups, results, cancelled.cancelled()
+
+    batcher.start()
+    try:
+        wakeups, results, was_cancelled = asyncio.run(run())
+    finally:
+        batcher.stop(5)
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result, np.full((1, 3), 2 * (i + 1), np.float32))
+    assert model.runs == [1, 5], "the cancelled request ran, or the others were not merged"
+    assert wakeups == 2, f"{wakeups} wake-ups of the event loop for 2 runs"
+    assert was_cancelled
+
+
+def test_a_forming_batch_runs_when_the_last_announced_request_arrives() -> None:
+    """While a batch waits for announced requests, a submit that cannot complete it does not wake the worker; the
+    last announced one must (as a full batch would), so that the batch runs then and not at its delay (5 s)."""
+    runs: list[int] = []
+
+    def predict(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        runs.append(int(feeds["x"].shape[0]))
+        return feeds
+
+    batcher = Batcher(predict, max_batch_size=8, max_queue_delay=5.0)
+    batcher.start()
+    try:
+        for _ in range(4):
+            batcher.expect()
+        started = time.perf_counter()
+        futures = [batcher.submit({"x": np.ones((1, 3), np.float32)}, expected=True) for _ in range(4)]
+        for future in futures:
+            future.result(10)
+        waited = time.perf_counter() - started
+    finally:
+        batcher.stop(5)
+    assert sum(runs) == 4 and waited < 2.5, (runs, waited)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,13 @@ def metric(server: ServerProcess, pattern: str) -> float:
     text = httpx.get(f"{server.url}/metrics").text
     match = re.search(pattern + r" (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
+
+
+def is_complete(answer: bytes) -> bool:
+    """An HTTP/1.1 answer's head and as much body as its Content-Length says."""
+    head, separator, body = answer.partition(b"\r\n\r\n")
+    length = re.search(rb"(?i)content-length: *(\d+)", head)
+    return bool(separator) and (length is None or len(body) >= int(length.group(1)))
 
 
 def queued_rows_running(server: ServerProcess) -> bool:
@@ -109,6 +117,8 @@ def test_a_request_past_its_timeout_parameter_is_answered_503_without_running(mo
         str(16 * ROWS),
         "--max-queue-wait-ms",
         "600000",
+        "--max-queue-batches",
+        "1000",
     )
     body, headers = slow_body(8 * ROWS)  # eight batches, a second or more of onnxruntime
     url = f"{slow_server.url}/v2/models/slow/infer"
@@ -160,3 +170,32 @@ def test_announced_requests_are_counted_back_after_bad_and_shed_requests(models:
         assert runner.expected == 0
     finally:
         plane.stop(5)
+
+
+def test_a_saturated_server_sheds_before_it_reads_the_body(slow_server: ServerProcess) -> None:
+    """With the queue full, a request is refused from its headers: its body is never read or decoded (that CPU
+    belongs to the model). A request that sends its headers and no body still gets 503 at once, not 408 later."""
+    body, headers = slow_body(4 * ROWS)  # four batches: one runs, three wait, the queue's rows are over its bound
+    url = f"{slow_server.url}/v2/models/slow/infer"
+    host, port = slow_server.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+    def headers_only_answer() -> bytes:
+        """The whole answer (its head and body may come in separate reads) to a request that sent no body."""
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(head)
+            answer = b""
+            while not is_complete(answer) and (chunk := sock.recv(4096)):
+                answer += chunk
+            return answer
+
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(httpx.post, url, content=body, headers=headers, timeout=120)
+        wait_until(lambda: queued_rows_running(slow_server), timeout=30, what="the first batch running", interval=0.01)
+        answer = headers_only_answer()
+        assert busy.result().status_code == 200
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert b"queue is full" in answer and b"retry-after: 1" in answer.lower()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,10 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from modeldeploy_serving.dataplane import DataPlane
+from modeldeploy_serving.rest import RestApp
+from modeldeploy_serving.settings import Settings
+from starlette.types import Message, Receive
 
 from .conftest import ServerProcess, start_server
 from .onnx_models import DIGIT_LABELS, digits_cnn
@@ -298,3 +304,59 @@ def test_each_server_answers_with_the_version_its_deployment_gave_it(models: dic
             assert httpx.get(f"{server.url}/v2/models/digits").json()["versions"] == [version]
         finally:
             server.stop()
+
+
+def test_slow_bodies_get_408_from_one_watchdog_and_other_cancellations_pass(models: dict[str, Path]) -> None:
+    """In-process: a body that stops arriving is answered 408 within the body timeout plus the watchdog's period;
+    a request task cancelled by someone else while its body is read (a server shutting down) stays cancelled; the
+    watchdog forgets every body it watched."""
+    plane = DataPlane(Settings(model_dir=models["digits"], body_timeout_seconds=0.2))
+    plane.load()
+    app = RestApp(plane)
+    body = json.dumps(infer_body(digits_input(1))).encode()
+
+    async def call(receive: Receive) -> tuple[int, bytes]:
+        answer: dict[str, Any] = {}
+
+        async def send(message: Message) -> None:
+            answer["status" if message["type"] == "http.response.start" else "body"] = message.get(
+                "status", message.get("body")
+            )
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v2/models/digits/infer",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+        await app(scope, receive, send)
+        return answer["status"], answer["body"]
+
+    async def run() -> None:
+        stopped = asyncio.Event()  # never set: a sender that sent its headers and then nothing
+
+        async def stalled() -> Message:
+            await stopped.wait()
+            return {}
+
+        async def whole() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        began = time.perf_counter()
+        status, answer = await call(stalled)
+        assert status == 408 and b"did not arrive within 0.2 s" in answer
+        assert time.perf_counter() - began < 1.0
+        task = asyncio.create_task(call(stalled))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await call(whole))[0] == 200
+        assert not app.watchdog._deadlines
+
+    try:
+        asyncio.run(run())
+    finally:
+        plane.stop(5)

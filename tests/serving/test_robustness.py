@@ -161,6 +161,8 @@ def test_sigterm_finishes_requests_in_flight_then_exits(models: dict[str, Path])
         "4096",
         "--max-queue-wait-ms",
         "600000",
+        "--max-queue-batches",
+        "1000",
     )
     # 512 rows of 40 layers 512x512 (10 GFLOP): each request keeps onnxruntime busy for a good part of a second.
     # Binary tensors, so that all four bodies are in within milliseconds: with JSON, decoding a request costs about
