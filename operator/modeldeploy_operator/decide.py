@@ -68,7 +68,7 @@ class Plan:
     delete: list[tuple[str, str]] = field(default_factory=list)
     """(kind, name) of children to remove."""
     patch: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-    """(kind, name, JSON merge patch) made before the applies: repairs that server-side apply cannot make."""
+    """(kind, name, strategic merge patch) made before the applies: repairs that server-side apply cannot make."""
     drifted: list[str] = field(default_factory=list)
     """Which child drifted where, for the log."""
     status: dict[str, Any] = field(default_factory=dict)
@@ -779,10 +779,9 @@ def _hold(
         return
     plan.apply.append(manifest)
     plan.drifted.append(f"{kind} {manifest['metadata']['name']} at {where}")
-    if kind == "Service" and where.startswith("spec.ports"):
-        # A port's number is part of its list key: server-side apply would add ours beside the edited one (two
-        # ports named http, refused). A merge patch replaces the list first.
-        plan.patch.append((kind, manifest["metadata"]["name"], {"spec": {"ports": manifest["spec"]["ports"]}}))
+    repair = drift.ports_repair(manifest, where)
+    if repair is not None:  # a port's number is part of its list key: the list is replaced before the apply
+        plan.patch.append((kind, manifest["metadata"]["name"], repair))
 
 
 def _compressed_condition(training: Training) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def reconcile(kube: Kube, md: dict[str, Any], observed: Observed, settings: Sett
         logger.info("%s/%s: drift in %s: repairing", namespace, md["metadata"]["name"], line)
     for kind, name, body in plan.patch:
         try:
-            kube.merge_patch(kind, namespace, name, body)
+            kube.strategic_patch(kind, namespace, name, body)
             outcome.writes.append(f"patched {kind} {name}")
         except StorageError as err:
             if not _is_final(err):

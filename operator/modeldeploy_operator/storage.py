@@ -229,14 +229,15 @@ class Kube:
             content_type="application/apply-patch+yaml",
         )
 
-    def merge_patch(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A JSON merge patch (lists in it replace the object's lists whole)."""
+    def strategic_patch(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A strategic merge patch (built-in kinds only): keyed lists merge by key, and a `{"$patch": "replace"}`
+        item in a list replaces that one list whole."""
         return self.request(
             "PATCH",
             self.path(kind, namespace, name),
             body=body,
             query={"fieldManager": self.field_manager},
-            content_type="application/merge-patch+json",
+            content_type="application/strategic-merge-patch+json",
         )
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
