@@ -535,6 +535,10 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
     if rolled and not canary_rolled:
         rolled = False
     available = dep is not None and dep.available_condition and dep.available > 0
+    # A Deployment applied by this reconcile reads as the watch will show it a moment later (no replicas yet), so
+    # that its appearance in the cache costs no status write of its own (as a just-created Job).
+    applied = [m for m in plan.apply_new if m["kind"] == "Deployment"]
+    exists = dep is not None or any(m["metadata"]["name"] == naming.serving_name(model) for m in applied)
     degraded_message = ""
     if broken:
         first = broken[0]
@@ -573,8 +577,8 @@ def decide(md: dict[str, Any], observed: Observed, settings: Settings, now: str)
         _condition(
             "Available",
             available,
-            "MinimumReplicasAvailable" if available else ("NoDeployment" if dep is None else "ReplicasUnavailable"),
-            f"{ready_count}/{desired} serving replicas ready" if dep is not None else "no inference Deployment yet",
+            "MinimumReplicasAvailable" if available else ("ReplicasUnavailable" if exists else "NoDeployment"),
+            f"{ready_count}/{desired} serving replicas ready" if exists else "no inference Deployment yet",
         ),
         _progressing_condition(phase, training, rolled=rolled, pending=pending, ready=ready_count, desired=desired),
         _condition("Degraded", bool(degraded_message), degraded_reason, degraded_message or "no failures"),
