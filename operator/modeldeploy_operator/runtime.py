@@ -167,6 +167,9 @@ class Runtime:
                 self.audit()
             except StorageError as err:
                 logger.warning("cache audit skipped: %s", err)
+            # A bug must not end the resyncs: logged in full, tried again at the next one.
+            except Exception:
+                logger.exception("cache audit crashed; trying again at the next resync")
 
             async def keys() -> list[Key]:
                 return list(self.indices["md_index"].keys())
