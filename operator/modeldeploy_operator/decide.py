@@ -751,6 +751,14 @@ def _recover_lost_artifacts(
     return replace(observed, jobs=(), pods=kept_pods, deployment=None), []
 
 
+def deployment_not_made(plan: Plan) -> None:
+    """The new Deployment this plan applies was not made (a foreign object holds its name, or the write was
+    refused): `Available` says there is none, instead of what the watch would have shown of a new one."""
+    for cond in plan.raw_conditions:
+        if cond["type"] == "Available" and cond["status"] == "False":
+            cond.update(reason="NoDeployment", message="no inference Deployment yet")
+
+
 def claim_metadata(claim: dict[str, Any]) -> dict[str, Any]:
     """The part of the claim the operator may still write after creation: its labels, annotations and owner."""
     keys = ("name", "namespace", "labels", "annotations", "ownerReferences")
