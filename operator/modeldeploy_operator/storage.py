@@ -35,7 +35,7 @@ PATHS: Final[dict[str, tuple[str, str]]] = {
 
 # Lists that only need names and uids ask for metadata alone (what controller-runtime's metadata-only caches use).
 METADATA_LIST: Final = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
-LIST_PAGE: Final = 500
+LIST_PAGE: Final = 100
 
 
 class StorageError(Exception):
