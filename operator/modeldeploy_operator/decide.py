@@ -127,7 +127,7 @@ class Plan:
     delete: list[tuple[str, str]] = field(default_factory=list)
     """(kind, name) of children to remove."""
     patch: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-    """(kind, name, JSON merge patch) made before the applies: repairs that server-side apply cannot make."""
+    """(kind, name, strategic merge patch) made before the applies: repairs that server-side apply cannot make."""
     drifted: list[str] = field(default_factory=list)
     """Which child drifted where, for the log."""
     status: dict[str, Any] = field(default_factory=dict)
@@ -533,7 +533,13 @@ def decide(
     children = _hold_serving(inputs, serving, old, claim, plan)
     health = _health(inputs, training, serving, children, plan)
     phase = _phase(inputs, training, serving, health, plan)
-    conditions = _conditions(training, serving, health, phase, inputs.observed.deployment)
+    # A Deployment applied by this reconcile reads as the watch will show it a moment later (no replicas yet), so
+    # that its appearance in the cache costs no status write of its own (as a just-created Job).
+    name = naming.serving_name(inputs.model.name)
+    deployment_exists = inputs.observed.deployment is not None or any(
+        m["kind"] == "Deployment" and m["metadata"]["name"] == name for m in plan.apply_new
+    )
+    conditions = _conditions(training, serving, health, phase, deployment_exists=deployment_exists)
     plan.phase = phase
     plan.raw_conditions = conditions
     plan.status = _status(
@@ -749,14 +755,14 @@ def _phase(inputs: Inputs, training: Training, serving: ServingChoice, health: H
 
 
 def _conditions(
-    training: Training, serving: ServingChoice, health: Health, phase: Phase, dep: DeploymentState | None
+    training: Training, serving: ServingChoice, health: Health, phase: Phase, *, deployment_exists: bool
 ) -> list[dict[str, Any]]:
     """The conditions before `finish` adds kstatus's Reconciling and Stalled and merges them with the stored ones."""
     ready, desired = health.ready, health.desired
     if health.available:
         available_reason = Reason.MINIMUM_REPLICAS_AVAILABLE
     else:
-        available_reason = Reason.NO_DEPLOYMENT if dep is None else Reason.REPLICAS_UNAVAILABLE
+        available_reason = Reason.REPLICAS_UNAVAILABLE if deployment_exists else Reason.NO_DEPLOYMENT
     conditions = [
         _condition(Condition.TRAINED, training.state == TrainingState.TRAINED, training.reason, training.message),
         _compressed_condition(training),
@@ -764,7 +770,7 @@ def _conditions(
             Condition.AVAILABLE,
             health.available,
             available_reason,
-            f"{ready}/{desired} serving replicas ready" if dep is not None else "no inference Deployment yet",
+            f"{ready}/{desired} serving replicas ready" if deployment_exists else "no inference Deployment yet",
         ),
         _progressing_condition(
             phase, training, rolled=health.rolled, pending=health.pending, ready=ready, desired=desired
@@ -968,6 +974,14 @@ def _recover_lost_artifacts(
     return replace(inputs, observed=replace(observed, jobs=(), pods=kept_pods, deployment=None)), []
 
 
+def deployment_not_made(plan: Plan) -> None:
+    """The new Deployment this plan applies was not made (a foreign object holds its name, or the write was
+    refused): `Available` says there is none, instead of what the watch would have shown of a new one."""
+    for cond in plan.raw_conditions:
+        if cond["type"] == "Available" and cond["status"] == "False":
+            cond.update(reason="NoDeployment", message="no inference Deployment yet")
+
+
 def claim_metadata(claim: dict[str, Any]) -> dict[str, Any]:
     """The part of the claim the operator may still write after creation: its labels, annotations and owner."""
     keys = ("name", "namespace", "labels", "annotations", "ownerReferences")
@@ -1000,10 +1014,9 @@ def _hold(
         return
     plan.apply.append(manifest)
     plan.drifted.append(f"{kind} {manifest['metadata']['name']} at {where}")
-    if kind == "Service" and where.startswith("spec.ports"):
-        # A port's number is part of its list key: server-side apply would add ours beside the edited one (two
-        # ports named http, refused). A merge patch replaces the list first.
-        plan.patch.append((kind, manifest["metadata"]["name"], {"spec": {"ports": manifest["spec"]["ports"]}}))
+    repair = drift.ports_repair(manifest, where)
+    if repair is not None:  # a port's number is part of its list key: the list is replaced before the apply
+        plan.patch.append((kind, manifest["metadata"]["name"], repair))
 
 
 def _compressed_condition(training: Training) -> dict[str, Any]:

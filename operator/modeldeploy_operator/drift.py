@@ -18,6 +18,10 @@ from typing import Any, Final
 LIST_KEYS: Final = ("name", "mountPath", "containerPort", "uid")
 # Maps the API server treats as one value (x-kubernetes-map-type: atomic): an added key is drift too.
 ATOMIC_MAPS: Final = frozenset({("spec", "selector")})
+# A strategic merge patch's directive (an item of a list) that replaces that list whole.
+REPLACE_LIST: Final = {"$patch": "replace"}
+# Where a drift in a container's ports starts: spec.template.spec.containers[name=serving].ports...
+_CONTAINER_PORTS = re.compile(r"^spec\.template\.spec\.(containers|initContainers)\[name=([^\]]+)\]\.ports(?:[.\[]|$)")
 
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
 _SUFFIX: Final = {
@@ -134,3 +138,27 @@ def drift_of(manifest: Mapping[str, Any], view: Mapping[str, Any] | None, *, met
     if not metadata_only:
         want["spec"] = manifest.get("spec") or {}
     return first_drift(want, view)
+
+
+def ports_repair(manifest: Mapping[str, Any], where: str) -> dict[str, Any] | None:
+    """The strategic merge patch that puts back a ports list whose item was edited (`where`: from `drift_of`), else
+    None.
+
+    A port's number is part of its list key (a container's containerPort and protocol, a Service's port and
+    protocol). After a hand edit of the number, server-side apply would add the operator's port beside the edited
+    one: two ports of the same name, which the API server refuses (422) on every retry. So the repair first
+    replaces that one list (a Service's ports, or the ports of the one container named in `where`); the apply
+    that follows finds them right. Other containers and the rest of the object are left as they are.
+    """
+    kind, spec = manifest.get("kind"), manifest.get("spec") or {}
+    if kind == "Service" and (where == "spec.ports" or where.startswith(("spec.ports.", "spec.ports["))):
+        return {"spec": {"ports": [*spec["ports"], REPLACE_LIST]}}
+    match = _CONTAINER_PORTS.match(where)
+    if match is None or kind != "Deployment":
+        return None
+    field, name = match.groups()
+    containers = (spec.get("template") or {}).get("spec", {}).get(field) or []
+    container = next((c for c in containers if c.get("name") == name), None)
+    if container is None or not container.get("ports"):
+        return None
+    return {"spec": {"template": {"spec": {field: [{"name": name, "ports": [*container["ports"], REPLACE_LIST]}]}}}}

@@ -160,7 +160,13 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **kwargs: Any) -> No
             "pdb_index",
         )
     }
-    runtime = Runtime(settings=config, kube=kube, loop=asyncio.get_running_loop(), indices=indices)
+    runtime = Runtime(
+        settings=config,
+        kube=kube,
+        loop=asyncio.get_running_loop(),
+        indices=indices,
+        clusterwide=bool(memo.get("clusterwide", False)),
+    )
     runtime.start()
     memo.runtime = runtime
 

@@ -9,6 +9,8 @@ from modeldeploy.spec import ModelDeploymentSpec
 
 MANAGED_BY: Final = "modeldeploy-operator"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_SELECTOR: Final = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+"""The label selector of every child the operator makes (its watches and its cache audit use it)."""
 LABEL_NAME: Final = "app.kubernetes.io/name"
 LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"

@@ -62,6 +62,8 @@ class JobState:
     component: str
     deleting: bool = False
     controller_uid: str = ""
+    uid: str = ""
+    """metadata.uid: what tells this object from a later one of the same name (runtime.Runtime.audit)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ class PodState:
     last_words: str = ""
     """The last line a container said when it last ended (its termination message), e.g. why a server refused to
     start; kept for a canary's rollback reason."""
+    uid: str = ""
+    """metadata.uid: what tells this object from a later one of the same name (runtime.Runtime.audit)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class DeploymentState:
     controller_uid: str = ""
     owned: Mapping[str, Any] | None = None
     """drift.owned_view of the object: what the drift check compares with the built manifest."""
+    uid: str = ""
+    """metadata.uid: what tells this object from a later one of the same name (runtime.Runtime.audit)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,8 @@ class ChildState:
     owned: Mapping[str, Any] | None = None
     """drift.owned_view of the object: what the drift check compares with the built manifest."""
     deleting: bool = False
+    uid: str = ""
+    """metadata.uid: what tells this object from a later one of the same name (runtime.Runtime.audit)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,10 @@ def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
 
 def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return _get(obj, "metadata", "annotations") or {}
+
+
+def _uid(obj: Mapping[str, Any]) -> str:
+    return str(_get(obj, "metadata", "uid") or "")
 
 
 def controller_uid(obj: Mapping[str, Any]) -> str:
@@ -211,6 +223,7 @@ def summarize_job(obj: Mapping[str, Any]) -> JobState:
         component=_labels(obj).get(naming.LABEL_COMPONENT, ""),
         deleting=_get(obj, "metadata", "deletionTimestamp") is not None,
         controller_uid=controller_uid(obj),
+        uid=_uid(obj),
     )
 
 
@@ -263,6 +276,7 @@ def summarize_pod(obj: Mapping[str, Any]) -> PodState:
         waiting_reason=waiting_reason,
         track=labels.get(naming.LABEL_TRACK, ""),
         last_words=said,
+        uid=_uid(obj),
     )
 
 
@@ -283,6 +297,7 @@ def summarize_deployment(obj: Mapping[str, Any]) -> DeploymentState:
         model_version=_labels(obj).get(naming.LABEL_VERSION, ""),
         controller_uid=controller_uid(obj),
         owned=owned_view(obj),
+        uid=_uid(obj),
     )
 
 
@@ -294,4 +309,5 @@ def summarize_child(obj: Mapping[str, Any]) -> ChildState:
         controller_uid=controller_uid(obj),
         owned=owned_view(obj),
         deleting=_get(obj, "metadata", "deletionTimestamp") is not None,
+        uid=_uid(obj),
     )

@@ -83,7 +83,7 @@ async def run_operator(options: Options) -> int:
             logger.info("leading as %s (Lease %s/%s)", elector.identity, elector.namespace, elector.name)
             elector.keep_renewing(on_lost)
         state.role = "leader"
-        memo = kopf.Memo(kube=kube, config=config, stop_flag=stop_flag)
+        memo = kopf.Memo(kube=kube, config=config, stop_flag=stop_flag, clusterwide=not options.namespaces)
         await kopf.operator(
             standalone=True,  # kopf's peering pauses every operator of equal priority; the Lease elects one instead
             clusterwide=not options.namespaces,

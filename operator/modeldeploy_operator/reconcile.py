@@ -137,16 +137,20 @@ def reconcile(kube: Kube, md: dict[str, Any], observed: Observed, settings: Sett
         logger.info("%s/%s: drift in %s: repairing", namespace, md["metadata"]["name"], line)
     for kind, name, body in plan.patch:
         try:
-            kube.merge_patch(kind, namespace, name, body)
+            kube.strategic_patch(kind, namespace, name, body)
             outcome.writes.append(f"patched {kind} {name}")
         except StorageError as err:
             if not _is_final(err):
                 raise
             refused("patch", kind, name, err)
+    unmade = False  # the plan's new serving Deployment was not made: decide.deployment_not_made
     for manifest in [*plan.apply_new, *plan.apply]:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
+        new = any(manifest is m for m in plan.apply_new)
+        serving = new and kind == "Deployment" and name == naming.serving_name(md["metadata"]["name"])
         try:
-            if any(manifest is new for new in plan.apply_new) and foreign(kind, name):
+            if new and foreign(kind, name):
+                unmade = unmade or serving
                 if kind == "HTTPRoute":
                     plan.status.pop("route", None)
                 continue
@@ -166,8 +170,11 @@ def reconcile(kube: Kube, md: dict[str, Any], observed: Observed, settings: Sett
                 raise
             if kind == "HTTPRoute":
                 plan.status.pop("route", None)  # applied again next time
+            unmade = unmade or serving
             refused("apply", kind, name, err)
-    if blocker is not plan.blocker:
+    if unmade:
+        deciding.deployment_not_made(plan)
+    if blocker is not plan.blocker or unmade:
         deciding.finish(md, plan, now, blocker)
     outcome.events = plan.events
     outcome.requeue_after = plan.requeue_after

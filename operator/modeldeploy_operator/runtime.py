@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from modeldeploy_operator import decide, naming
 from modeldeploy_operator.builders import build_event
@@ -29,9 +29,38 @@ logger = logging.getLogger(__name__)
 Key = tuple[str, str]
 
 
-def _values(index: Mapping[Any, Any], key: Key) -> list[Any]:
+# What the audit lists for each index: the kind and the label selector of the index's watch.
+AUDITED: Final = {
+    "md_index": ("ModelDeployment", ""),
+    "job_index": ("Job", naming.MANAGED_SELECTOR),
+    "pod_index": ("Pod", naming.MANAGED_SELECTOR),
+    "deployment_index": ("Deployment", naming.MANAGED_SELECTOR),
+    "service_index": ("Service", naming.MANAGED_SELECTOR),
+    "hpa_index": ("HorizontalPodAutoscaler", naming.MANAGED_SELECTOR),
+    "claim_index": ("PersistentVolumeClaim", naming.MANAGED_SELECTOR),
+    "network_policy_index": ("NetworkPolicy", naming.MANAGED_SELECTOR),
+    "pdb_index": ("PodDisruptionBudget", naming.MANAGED_SELECTOR),
+}
+
+
+def _uid_of(value: Any) -> str:
+    """The uid of an index entry: a ModelDeployment's kept body, or a child's summary."""
+    if isinstance(value, Mapping):
+        return str((value.get("metadata") or {}).get("uid") or "")
+    return str(getattr(value, "uid", "") or "")
+
+
+def _name_of(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return str((value.get("metadata") or {}).get("name") or "")
+    return str(getattr(value, "name", "") or "")
+
+
+def _values(index: Mapping[Any, Any], key: Key, stale: frozenset[str] = frozenset()) -> list[Any]:
     store = index.get(key)
-    return list(store) if store is not None else []
+    if store is None:
+        return []
+    return [value for value in store if not stale or _uid_of(value) not in stale]
 
 
 def _rv(value: Any) -> int:
@@ -56,6 +85,11 @@ class Runtime:
     _gone: dict[Key, str] = field(default_factory=dict)
     """uid of ModelDeployments the API server no longer has although the index still does (deleted during a watch
     gap: kopf relists after a 410 but drops only what a DELETED event names)."""
+    clusterwide: bool = False
+    """The watches cover all namespaces: the audit then lists each kind once, cluster-wide."""
+    _stale: frozenset[str] = frozenset()
+    """uids of index entries whose object the API server no longer has (deleted during a watch gap: kopf relists
+    after a 410 but drops an entry only on a DELETED event): hidden from every snapshot (`audit`)."""
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -65,16 +99,17 @@ class Runtime:
 
     # -- snapshot (runs in the event loop, where kopf mutates the indices) --
     def _snapshot_now(self, key: Key) -> tuple[dict[str, Any] | None, Observed]:
-        mds = _values(self.indices["md_index"], key)
+        stale = self._stale
+        mds = _values(self.indices["md_index"], key, stale)
         md = mds[0] if mds else None
-        deployments: list[DeploymentState] = _values(self.indices["deployment_index"], key)
-        services: list[ChildState] = _values(self.indices["service_index"], key)
-        hpas: list[ChildState] = _values(self.indices["hpa_index"], key)
-        claims: list[ChildState] = _values(self.indices["claim_index"], key)
-        policies: list[ChildState] = _values(self.indices.get("network_policy_index", {}), key)
-        pdbs: list[ChildState] = _values(self.indices.get("pdb_index", {}), key)
-        jobs: list[JobState] = _values(self.indices["job_index"], key)
-        pods: list[PodState] = _values(self.indices["pod_index"], key)
+        deployments: list[DeploymentState] = _values(self.indices["deployment_index"], key, stale)
+        services: list[ChildState] = _values(self.indices["service_index"], key, stale)
+        hpas: list[ChildState] = _values(self.indices["hpa_index"], key, stale)
+        claims: list[ChildState] = _values(self.indices["claim_index"], key, stale)
+        policies: list[ChildState] = _values(self.indices.get("network_policy_index", {}), key, stale)
+        pdbs: list[ChildState] = _values(self.indices.get("pdb_index", {}), key, stale)
+        jobs: list[JobState] = _values(self.indices["job_index"], key, stale)
+        pods: list[PodState] = _values(self.indices["pod_index"], key, stale)
         observed = Observed(
             jobs=tuple(jobs),
             pods=tuple(pods),
@@ -128,12 +163,73 @@ class Runtime:
     def _resync(self) -> None:
         # A safety net for anything no watch event announces; the watches do the real-time work.
         while not self._stop.wait(self.settings.resync_seconds):
+            try:
+                self.audit()
+            except StorageError as err:
+                logger.warning("cache audit skipped: %s", err)
+            # A bug must not end the resyncs: logged in full, tried again at the next one.
+            except Exception:
+                logger.exception("cache audit crashed; trying again at the next resync")
 
             async def keys() -> list[Key]:
                 return list(self.indices["md_index"].keys())
 
             for key in asyncio.run_coroutine_threadsafe(keys(), self.loop).result(timeout=30):
                 self.queue.add(key)
+
+    def audit(self) -> int:
+        """Hide the index entries of objects the API server no longer has; returns how many it found.
+
+        A watch that expires (410 Gone) makes kopf list again and re-index what it lists, but an object deleted
+        during the gap gets no DELETED event, so its entry would stay until a restart (a deleted Deployment never
+        re-made). Each resync lists every indexed kind, metadata only, and compares uids: an entry indexed before
+        the list began whose uid the list lacks is gone. Its uid is hidden from snapshots (an object made again
+        under the same name has another uid) and its ModelDeployment is queued, so the reconcile re-makes it.
+        Cost: one list per kind (per watched namespace with entries), whatever the number of models.
+        """
+
+        async def indexed() -> dict[str, dict[str, tuple[Key, str]]]:
+            return {
+                name: {
+                    _uid_of(value): (key, _name_of(value))
+                    for key, store in self.indices[name].items()
+                    for value in store
+                    if _uid_of(value)
+                }
+                for name in AUDITED
+                if name in self.indices
+            }
+
+        before = asyncio.run_coroutine_threadsafe(indexed(), self.loop).result(timeout=30)
+        # Forget what no index holds any more (an entry replaced by a new object of the same name).
+        self._stale = self._stale & frozenset(uid for entries in before.values() for uid in entries)
+        found = 0
+        for name, entries in before.items():
+            fresh = {uid: where for uid, where in entries.items() if uid not in self._stale}
+            if not fresh:
+                continue
+            kind, selector = AUDITED[name]
+            namespaces = [""] if self.clusterwide else sorted({key[0] for key, _ in fresh.values()})
+            listed: set[str] = set()
+            for namespace in namespaces:
+                listed |= self.kube.list_uids(kind, namespace, selector)
+            gone = {uid: where for uid, where in fresh.items() if uid not in listed}
+            if not gone:
+                continue
+            self._stale = self._stale | frozenset(gone)
+            for uid, (key, child) in gone.items():
+                logger.info(
+                    "%s/%s: %s %s (uid %s) is gone from the API server, but its watch missed the deletion; "
+                    "dropped from the cache",
+                    key[0],
+                    key[1],
+                    kind,
+                    child,
+                    uid,
+                )
+                self.queue.add(key)
+            found += len(gone)
+        return found
 
     def backoff(self, key: Key, retry_after: float = 0.0) -> float:
         """The next delay of `key`: exponential per object with jitter, capped, never shorter than Retry-After."""

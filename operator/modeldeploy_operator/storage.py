@@ -33,6 +33,11 @@ PATHS: Final[dict[str, tuple[str, str]]] = {
 }
 
 
+# Lists that only need names and uids ask for metadata alone (what controller-runtime's metadata-only caches use).
+METADATA_LIST: Final = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+LIST_PAGE: Final = 100
+
+
 class StorageError(Exception):
     """An API request failed; the message says which and what the server answered."""
 
@@ -184,8 +189,9 @@ class Kube:
 
     @staticmethod
     def path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+        """The object's (or, without a name, the collection's) path; an empty namespace means all namespaces."""
         prefix, plural = PATHS[kind]
-        out = f"{prefix}/namespaces/{namespace}/{plural}"
+        out = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
         if name:
             out += f"/{name}"
         if subresource:
@@ -199,6 +205,27 @@ class Kube:
         query = {"labelSelector": label_selector} if label_selector else None
         items = self.request("GET", self.path(kind, namespace), query=query).get("items") or []
         return [item for item in items if isinstance(item, dict)]
+
+    def list_uids(self, kind: str, namespace: str, label_selector: str = "") -> set[str]:
+        """The uids of the objects of `kind` in `namespace` ("": all namespaces) that carry the labels. Read as
+        metadata only (PartialObjectMetadataList) in pages of LIST_PAGE, so that a check of thousands of pods
+        stays a few small answers."""
+        path = self.path(kind, namespace)
+        uids: set[str] = set()
+        token = ""
+        while True:
+            query = {"limit": str(LIST_PAGE)}
+            query.update({"labelSelector": label_selector} if label_selector else {})
+            query.update({"continue": token} if token else {})
+            status, data, headers = self._call("GET", path, query=query, accept=METADATA_LIST)
+            page = self._parsed("GET", path, status, data, headers)
+            for item in page.get("items") or []:
+                uid = ((item or {}).get("metadata") or {}).get("uid") if isinstance(item, dict) else None
+                if uid:
+                    uids.add(str(uid))
+            token = str((page.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return uids
 
     def create(self, manifest: dict[str, Any]) -> bool:
         """Create the object; False when it exists already (a re-run finds what an earlier one made)."""
@@ -229,14 +256,15 @@ class Kube:
             content_type="application/apply-patch+yaml",
         )
 
-    def merge_patch(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A JSON merge patch (lists in it replace the object's lists whole)."""
+    def strategic_patch(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A strategic merge patch (built-in kinds only): keyed lists merge by key, and a `{"$patch": "replace"}`
+        item in a list replaces that one list whole."""
         return self.request(
             "PATCH",
             self.path(kind, namespace, name),
             body=body,
             query={"fieldManager": self.field_manager},
-            content_type="application/merge-patch+json",
+            content_type="application/strategic-merge-patch+json",
         )
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:

@@ -95,7 +95,25 @@ def test_service_selector_is_one_value_and_a_port_edit_is_repaired_by_replacing_
     plan = decide.Plan()
     decide._hold(plan, service, observed.service, lambda kind, child: False)
     assert plan.apply == [service]
-    assert plan.patch == [("Service", "digits", {"spec": {"ports": service["spec"]["ports"]}})]
+    assert plan.patch == [
+        ("Service", "digits", {"spec": {"ports": [*service["spec"]["ports"], {"$patch": "replace"}]}})
+    ]
+
+
+def test_a_container_port_edit_is_repaired_by_replacing_that_containers_ports() -> None:
+    deployment = builders.build_deployment(model(_md()), SERVED, SETTINGS)
+    stored = _as_stored(deployment)
+    stored["metadata"]["ownerReferences"] = deployment["metadata"]["ownerReferences"]
+    stored["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = 9999
+    plan = decide.Plan()
+    decide._hold(plan, deployment, summarize_deployment(stored), lambda kind, child: False)
+    assert plan.apply == [deployment] and "ports[name=http].containerPort" in plan.drifted[0]
+    ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    only_ours = [{"name": "serving", "ports": [*ports, {"$patch": "replace"}]}]
+    assert plan.patch == [("Deployment", "digits", {"spec": {"template": {"spec": {"containers": only_ours}}}})]
+    # Any other drift is left to the apply alone.
+    assert drift.ports_repair(deployment, "spec.template.spec.containers[name=serving].image") is None
+    assert drift.ports_repair(deployment, "spec.template.spec.containers[name=nope].ports") is None
 
 
 def test_a_drifted_child_is_applied_and_an_unchanged_one_is_not() -> None:

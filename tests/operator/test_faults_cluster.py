@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from conftest import LEASE_TIMING, Models, OperatorProcess
 
+from modeldeploy.cluster.local import LocalCluster
 from modeldeploy.cluster.waiting import wait_until
 
 DIGITS: dict[str, Any] = {"training": {"dataset": {"builtin": "digits"}, "epochs": 2}, "serving": {"replicas": 1}}
@@ -164,6 +167,15 @@ def _container(deployment: dict[str, Any]) -> dict[str, Any]:
     return dict(deployment["spec"]["template"]["spec"]["containers"][0])
 
 
+def _ports(container: dict[str, Any]) -> list[tuple[str, int]]:
+    return [(p["name"], p["containerPort"]) for p in container.get("ports") or []]
+
+
+# The idle interval of the drift test: short in `make test`; MODELDEPLOY_TEST_IDLE_SECONDS=300 for the five-minute
+# watch the issue asks for (150 resyncs that compare every child).
+IDLE_SECONDS = float(os.environ.get("MODELDEPLOY_TEST_IDLE_SECONDS") or 10)
+
+
 def test_every_hand_edit_of_an_owned_field_is_repaired_and_an_idle_model_costs_no_write(
     start_operator: Callable[..., OperatorProcess], models: Models, kubectl: Any, namespace: str
 ) -> None:
@@ -204,6 +216,15 @@ def test_every_hand_edit_of_an_owned_field_is_repaired_and_an_idle_model_costs_n
             ),
         ),
         (
+            # The port's number is part of its list key: repaired by replacing that container's ports first.
+            "container port",
+            [
+                "patch", "deployment", "digits", "--type=json", "-p",
+                '[{"op": "replace", "path": "/spec/template/spec/containers/0/ports/0/containerPort", "value": 9999}]',
+            ],
+            lambda: _ports(_container(models.get("deployment", "digits"))) == _ports(_container(want)),
+        ),
+        (
             "service selector",
             ["patch", "service", "digits", "--type=merge", "-p", '{"spec": {"selector": {"app": "evil"}}}'],
             lambda: models.get("service", "digits")["spec"]["selector"] == want_service["spec"]["selector"],
@@ -232,13 +253,62 @@ def test_every_hand_edit_of_an_owned_field_is_repaired_and_an_idle_model_costs_n
     log_at = len(operator.log())
     before = {kind: models.get(kind, "digits")["metadata"]["resourceVersion"] for kind in ("md", "service")}
     deployment_generation = models.get("deployment", "digits")["metadata"]["generation"]
-    time.sleep(10)  # the measured interval itself: five resyncs of 2 s
+    time.sleep(IDLE_SECONDS)  # the measured interval itself: a resync every 2 s
     after = {kind: models.get(kind, "digits")["metadata"]["resourceVersion"] for kind in ("md", "service")}
     assert after == before
     assert models.get("deployment", "digits")["metadata"]["generation"] == deployment_generation
     assert models.get("deployment", "digits")["metadata"]["annotations"]["example.com/owner"] == "team-a"
     idle_log = operator.log()[log_at:]
-    assert not re.search(r"(applied|patched|created|deleted) |status phase=|drift in", idle_log), idle_log
+    writes = re.findall(r"(applied|patched|created|deleted) |status phase=|drift in", idle_log)
+    print(f"idle {IDLE_SECONDS:g} s (resync every 2 s): {len(writes)} writes")
+    assert not writes, idle_log
+
+
+def test_a_child_deleted_while_the_watches_were_cut_is_made_again(
+    cluster: Any, start_operator: Callable[..., OperatorProcess], models: Models, kubectl: Any, namespace: str
+) -> None:
+    """kopf drops an index entry only on a DELETED event. A watch that cannot resume (410 Gone) makes it list
+    again, and an object deleted in the gap gets no event: the resync's audit must find it gone."""
+    if not cluster.local:
+        pytest.skip("needs the local control plane (its kube-apiserver is restarted)")
+    # A lease long enough to stay leader while frozen through an API server restart; a resync every 2 s.
+    operator = start_operator(
+        MODELDEPLOY_OPERATOR_RESYNC_SECONDS="2",
+        MODELDEPLOY_OPERATOR_LEASE_DURATION_SECONDS="120",
+        MODELDEPLOY_OPERATOR_RENEW_DEADLINE_SECONDS="100",
+        MODELDEPLOY_OPERATOR_RETRY_PERIOD_SECONDS="2",
+        MODELDEPLOY_OPERATOR_API_TIMEOUT_SECONDS="5",
+    )
+    wait_until(operator.is_leading, timeout=30, what="the operator leading", describe=operator.log)
+    models.apply("digits", DIGITS)
+    models.wait_phase("digits", "Ready")
+    kinds = ("deployment", "service", "networkpolicy")
+    uids = {kind: models.get(kind, "digits")["metadata"]["uid"] for kind in kinds}
+    assert operator.proc is not None
+    local = LocalCluster(cluster.name)
+    operator.proc.send_signal(signal.SIGSTOP)
+    try:
+        # The operator's watches end with the API server that served them, before anything is deleted (else the
+        # DELETED events would wait in its sockets); resumed, they find history gone (410) and list again.
+        started = time.monotonic()
+        local.restart_apiserver()
+        print(f"kube-apiserver restarted in {time.monotonic() - started:.1f} s")
+        kubectl("delete", ",".join(kinds), "digits", "-n", namespace)
+        local.compact_etcd()
+    finally:
+        operator.proc.send_signal(signal.SIGCONT)
+    resumed = time.monotonic()
+
+    def made_again() -> dict[str, str] | None:
+        now = {kind: ((models.get(kind, "digits") or {}).get("metadata") or {}).get("uid") for kind in kinds}
+        return now if all(now[k] not in (None, uids[k]) for k in kinds) else None
+
+    wait_until(made_again, timeout=60, what="the deleted children made again", describe=operator.log)
+    print(f"children made again {time.monotonic() - resumed:.1f} s after the operator resumed")
+    models.wait_phase("digits", "Ready", timeout=60)
+    log = operator.log()
+    for kind in ("Deployment", "Service", "NetworkPolicy"):
+        assert f"{kind} digits (uid" in log and "its watch missed the deletion" in log, log
 
 
 def test_a_deleted_artifact_claim_is_made_again_and_the_model_retrained_and_served(

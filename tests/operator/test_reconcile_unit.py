@@ -90,6 +90,9 @@ def test_a_service_of_the_same_name_made_by_someone_else_is_left_alone_and_repor
     assert ("apply", "Deployment", "digits") in kube.writes  # what is ours still goes on
     assert outcome.written_status is not None
     status = outcome.written_status[1]
+    # The Deployment it just made reads as the watch will show it: its first sight costs no status write.
+    available = _conditions(status)["Available"]
+    assert (available["reason"], available["message"]) == ("ReplicasUnavailable", "0/1 serving replicas ready")
     ready = _conditions(status)["Ready"]
     assert ready["status"] == "False" and ready["reason"] == "ChildConflict"
     assert "Service digits already exists" in ready["message"] and "no controller owner reference" in ready["message"]
@@ -104,9 +107,16 @@ def test_a_deployment_controlled_by_another_object_is_reported_with_its_owner() 
     md, observed = _trained()
     owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "other", "controller": True}
     kube = FakeKube({("Deployment", "digits"): _theirs("Deployment", "digits", owner)})
-    reconcile(kube, md, observed, SETTINGS)  # type: ignore[arg-type]
+    outcome = reconcile(kube, md, observed, SETTINGS)  # type: ignore[arg-type]
     assert ("apply", "Deployment", "digits") not in kube.writes
     assert ("apply", "Service", "digits") in kube.writes
+    assert outcome.written_status is not None
+    assert _conditions(outcome.written_status[1])["Available"]["reason"] == "NoDeployment"  # none of ours
+    refused = FakeKube()
+    refused.refuse[("apply", "Deployment")] = (422, "admission webhook said no")
+    outcome = reconcile(refused, md, observed, SETTINGS)  # type: ignore[arg-type]
+    assert outcome.written_status is not None
+    assert _conditions(outcome.written_status[1])["Available"]["reason"] == "NoDeployment"
 
 
 def test_a_child_in_the_cache_under_our_labels_but_another_controller_is_never_written() -> None:

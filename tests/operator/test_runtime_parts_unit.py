@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import json
 import os
 import threading
 import time
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 from modeldeploy_operator import observed
 from modeldeploy_operator.leader import LeaderElector
+from modeldeploy_operator.runtime import Runtime
 from modeldeploy_operator.settings import Settings, SettingsError, settings_from_env
 from modeldeploy_operator.storage import Kube, NotFoundError
 from modeldeploy_operator.workqueue import WorkQueue
@@ -246,3 +249,70 @@ def test_queue_holds_a_key_back_until_its_minimum_interval_ends() -> None:
     assert queue.get() == "a"
     queue.done("a")
     assert len(queue) == 0
+
+
+class _Lister:
+    """What the API server lists now: uids by kind; counts the lists."""
+
+    def __init__(self, uids: dict[str, set[str]]) -> None:
+        self.uids = uids
+        self.lists: list[tuple[str, str, str]] = []
+        self.field_manager = "test"
+
+    def list_uids(self, kind: str, namespace: str, label_selector: str = "") -> set[str]:
+        self.lists.append((kind, namespace, label_selector))
+        return set(self.uids.get(kind, set()))
+
+
+def test_the_audit_hides_children_deleted_during_a_watch_gap_and_queues_their_model() -> None:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    key = ("ns", "digits")
+    md = {"metadata": {"name": "digits", "namespace": "ns", "uid": "md-1"}, "spec": {}, "status": {}}
+    deployment = observed.summarize_deployment({"metadata": {"name": "digits", "uid": "dep-1"}})
+    service = observed.summarize_child({"metadata": {"name": "digits", "uid": "svc-1"}})
+    indices: dict[str, Any] = {"md_index": {key: [md]}, "deployment_index": {key: [deployment]}}
+    indices |= {"service_index": {key: [service]}, "hpa_index": {}, "claim_index": {}, "job_index": {}}
+    indices |= {"pod_index": {}}
+    # The Deployment was deleted while the watch was cut: the API server lists only the others.
+    kube = _Lister({"ModelDeployment": {"md-1"}, "Service": {"svc-1"}})
+    runtime = Runtime(settings=Settings(), kube=kube, loop=loop, indices=indices)  # type: ignore[arg-type]
+    try:
+        assert runtime.snapshot(key)[1].deployment is not None
+        assert runtime.audit() == 1
+        assert runtime.queue.get() == key
+        md_now, seen = runtime.snapshot(key)
+        assert md_now is not None and seen.deployment is None and seen.service is not None
+        # One list per kind with entries, in the namespace of the entries, with the watch's label selector.
+        assert sorted(kind for kind, _, _ in kube.lists) == ["Deployment", "ModelDeployment", "Service"]
+        assert ("Deployment", "ns", "app.kubernetes.io/managed-by=modeldeploy-operator") in kube.lists
+        # A Deployment made again under the same name replaces the entry (kopf keys entries by name): seen again.
+        indices["deployment_index"][key] = [
+            observed.summarize_deployment({"metadata": {"name": "digits", "uid": "dep-2"}})
+        ]
+        kube.uids["Deployment"] = {"dep-2"}
+        assert runtime.audit() == 0
+        assert runtime.snapshot(key)[1].deployment is not None and runtime._stale == frozenset()
+    finally:
+        runtime.queue.close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+
+
+def test_the_metadata_list_follows_continue_tokens() -> None:
+    kube = Kube(api_client=None, field_manager="test")
+    pages = [
+        {"metadata": {"continue": "next"}, "items": [{"metadata": {"uid": "a"}}, {"metadata": {"uid": "b"}}]},
+        {"metadata": {}, "items": [{"metadata": {"uid": "c"}}]},
+    ]
+    asked: list[tuple[str, dict[str, str], str]] = []
+
+    def call(method: str, path: str, *, query: dict[str, str], accept: str, **_: Any) -> tuple[int, bytes, Any]:
+        asked.append((path, query, accept))
+        return 200, json.dumps(pages[len(asked) - 1]).encode(), {}
+
+    kube._call = call  # type: ignore[method-assign]
+    assert kube.list_uids("Pod", "", "a=b") == {"a", "b", "c"}
+    assert asked[0][0] == "/api/v1/pods" and asked[1][1]["continue"] == "next"
+    assert asked[0][1]["labelSelector"] == "a=b" and "PartialObjectMetadataList" in asked[0][2]

@@ -774,6 +774,50 @@ class LocalCluster:
             shutil.rmtree(self.directory, ignore_errors=True)
         return stopped
 
+    def restart_apiserver(self, timeout: float = 60) -> None:
+        """Kill kube-apiserver and start it again with the same flags (tests of watch gaps).
+
+        Every client's watch ends; the new watch cache begins now, so a watch resumed from an older
+        resourceVersion gets 410 Gone and its client must list again. Killed, not stopped: a graceful stop waits
+        for its in-flight requests, and a frozen client's may never end.
+        """
+        state = self._running_state()
+        info = state.processes["kube-apiserver"]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(info["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while process_start_time(info["pid"]) == info["start_time"] or port_is_taken(state.ports["apiserver"]):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info["pid"], os.WNOHANG)  # started by this process (a test's cluster): reap it
+            if time.monotonic() > deadline:
+                raise ClusterError(f"kube-apiserver (pid {info['pid']}) did not stop within 20 s")
+            time.sleep(0.1)
+        self._start(state, "kube-apiserver", self._apiserver_args(state))
+        url = f"https://127.0.0.1:{state.ports['apiserver']}/readyz"
+        self._wait_healthy(state, "kube-apiserver", url, timeout)
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to its current revision (returned): a watch from an older revision that
+        reaches etcd gets 410 Gone instead of the events since."""
+        state = self._running_state()
+        etcd = f"http://127.0.0.1:{state.ports['etcd-client']}"
+        revision = self._etcd_post(f"{etcd}/v3/kv/range", {"key": "Lw==", "count_only": True})["header"]["revision"]
+        self._etcd_post(f"{etcd}/v3/kv/compaction", {"revision": revision, "physical": True})
+        return int(revision)
+
+    def _running_state(self) -> ClusterState:
+        state = ClusterState.load(self.directory)
+        if state is None or not self._all_running(state):
+            raise ClusterError(f"cluster {self.name} is not up")
+        return state
+
+    @staticmethod
+    def _etcd_post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+        return answer
+
     def status(self) -> dict[str, Any]:
         state = ClusterState.load(self.directory)
         if state is None:
