@@ -26,7 +26,7 @@ from modeldeploy_operator import naming
 from namespace_history import NamespaceHistory, job_is_complete
 
 from modeldeploy.cluster.waiting import wait_until
-from modeldeploy.spec import normalize
+from modeldeploy.spec import parse_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -150,7 +150,7 @@ def _spec(epochs: int, hold: bool) -> dict[str, Any]:
 
 def _version(model: str, spec: dict[str, Any]) -> str:
     """The version the spec trains: kwok's report names it after the Job's spec-hash label, as the trainer does."""
-    return "v" + naming.short_spec_hash(normalize({"metadata": {"name": model}, "spec": spec})["spec"])
+    return "v" + naming.short_spec_hash(parse_spec({"metadata": {"name": model}, "spec": spec}))
 
 
 def _log_time(log: str, pattern: str) -> datetime.datetime | None:
