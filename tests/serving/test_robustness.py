@@ -4,6 +4,7 @@ and SIGTERM lets the requests in flight finish before the process exits."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import re
 import time
@@ -164,9 +165,9 @@ def test_sigterm_finishes_requests_in_flight_then_exits(models: dict[str, Path])
         "--max-queue-batches",
         "1000",
     )
-    # 512 rows of 40 layers 512x512 (10 GFLOP): each request keeps onnxruntime busy for a good part of a second.
-    # Binary tensors, so that all four bodies are in within milliseconds: with JSON, decoding a request costs about
-    # as much as running one, and the first could finish before the fourth is in.
+    # 512 rows of 40 layers 512x512 (10 GFLOP) a request, binary tensors. Each body is sent but for its last KiB,
+    # so all four requests are inside the server (counted in flight, their bodies still arriving) when the signal
+    # comes, however busy the machine: a request that had been sent whole could be answered before the fourth began.
     x = np.random.default_rng(0).normal(size=(512, 512)).astype(np.float32)
     header = json.dumps(
         {
@@ -176,29 +177,31 @@ def test_sigterm_finishes_requests_in_flight_then_exits(models: dict[str, Path])
             "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
         }
     ).encode()
-
-    def call(_: int) -> httpx.Response:
-        return httpx.post(
-            f"{server.url}/v2/models/slow/infer",
-            content=header + x.tobytes(),
-            headers={"Inference-Header-Content-Length": str(len(header))},
-            timeout=60,
-        )
-
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(call, i) for i in range(4)]
-        # All four inside the server (reading, queued or running) before the signal.
-        wait_until(lambda: in_flight(server) >= 4, timeout=30, what="four requests in flight", interval=0.01)
-        server.process.terminate()
-        assert server.wait_for_line("not ready any more")
-        with contextlib.suppress(httpx.TransportError):  # a closed listener is not ready either
-            assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
-        responses = [f.result() for f in futures]
-    assert [r.status_code for r in responses] == [200] * 4, [r.text[:200] for r in responses]
-    for response in responses:
+    body = header + x.tobytes()
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    connections = [http.client.HTTPConnection(host, int(port), timeout=60) for _ in range(4)]
+    for connection in connections:
+        connection.putrequest("POST", "/v2/models/slow/infer")
+        connection.putheader("Content-Length", str(len(body)))
+        connection.putheader("Inference-Header-Content-Length", str(len(header)))
+        connection.endheaders()
+        connection.send(body[:-1024])
+    wait_until(lambda: in_flight(server) >= 4, timeout=30, what="four requests in flight", interval=0.01)
+    server.process.terminate()
+    assert server.wait_for_line("not ready any more")
+    with contextlib.suppress(httpx.TransportError):  # a closed listener is not ready either
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
+    for connection in connections:  # requests received before the signal are answered, bodies still arriving too
+        connection.send(body[-1024:])
+    responses = [connection.getresponse() for connection in connections]
+    contents = [response.read() for response in responses]
+    assert [r.status for r in responses] == [200] * 4, [c[:200] for c in contents]
+    for response, content in zip(responses, contents, strict=True):
         length = int(response.headers["Inference-Header-Content-Length"])
-        assert json.loads(response.content[:length])["outputs"][0]["shape"] == [512, 512]
-        assert len(response.content) - length == 512 * 512 * 4
+        assert json.loads(content[:length])["outputs"][0]["shape"] == [512, 512]
+        assert len(content) - length == 512 * 512 * 4
+    for connection in connections:
+        connection.close()
     assert server.process.wait(timeout=30) == 0
     assert server.wait_for_line("stopped")
 
