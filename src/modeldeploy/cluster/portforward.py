@@ -13,7 +13,8 @@ class PortForwardError(RuntimeError):
 
 
 class PortForward:
-    """Forwards `target` (e.g. `service/digits`) port `port` to a free port on 127.0.0.1; `url` is where it listens.
+    """Forwards `target` (e.g. `service/digits`) port `port` to a free port on 127.0.0.1; `url` (and `local_port`, for
+    a client that is not HTTP: gRPC, a raw socket) is where it listens.
 
     Bound to 127.0.0.1 only (never all interfaces); close() (or leaving the `with` block) stops kubectl.
     """
@@ -42,7 +43,8 @@ class PortForward:
         if not match:
             self.close()
             raise PortForwardError(f"kubectl port-forward {target} did not start: {first.strip() or 'no output'}")
-        self.url = f"http://127.0.0.1:{match.group(1)}"
+        self.local_port = int(match.group(1))
+        self.url = f"http://127.0.0.1:{self.local_port}"
 
     def close(self) -> None:
         if self.proc.poll() is None:
