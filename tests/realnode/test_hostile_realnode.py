@@ -69,7 +69,7 @@ def test_hostile_campaign_through_port_forwards_never_restarts_the_serving_pod(
                 failures.append(wrong)
             for forward in (http_forward, grpc_forward):
                 assert forward.proc.poll() is None, (
-                    f"{case}: kubectl port-forward exited {forward.proc.returncode}: {forward.proc.communicate()[0]}"
+                    f"{case}: kubectl port-forward exited {forward.proc.returncode}: {forward.output()}"
                 )
         seconds = time.monotonic() - started
         good_http = httpx.post(f"{http_forward.url}/v2/models/{MODEL}/infer", json=doc(tensor()), timeout=10)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
+from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
 
@@ -45,13 +47,25 @@ class PortForward:
             raise PortForwardError(f"kubectl port-forward {target} did not start: {first.strip() or 'no output'}")
         self.local_port = int(match.group(1))
         self.url = f"http://127.0.0.1:{self.local_port}"
+        # kubectl writes a line per connection ("Handling connection for 8080"): unread, they would fill the pipe
+        # after about two thousand connections and stall kubectl, and every forwarded request with it.
+        self._last_lines: deque[str] = deque([first], maxlen=20)
+        threading.Thread(target=self._drain, name=f"port-forward {target}", daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self._last_lines.append(line)
+
+    def output(self) -> str:
+        """kubectl's last lines: why a forward that exited stopped."""
+        return "".join(self._last_lines)
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
     def __enter__(self) -> PortForward:
         return self
