@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,3 +118,97 @@ class Models:
     def _describe(self, name: str) -> str:
         pods = self.kubectl("get", "pods", "-o", "wide", check=False).stdout
         return f"status={self.status(name)}\npods:\n{pods}\noperator log tail:\n{self.operator.log()[-2000:]}"
+
+
+def stamp() -> str:
+    """Wall-clock time with milliseconds: how the load's failures and the witness's lines are lined up."""
+    return f"{datetime.datetime.now():%H:%M:%S.%f}"[:-3]
+
+
+def _seconds(text: str) -> float:
+    h, m, s = text.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def endpoint_line(event: str, obj: Any) -> str:
+    """One EndpointSlice change: each endpoint's pod, address and conditions (R ready, S serving, T terminating)."""
+    endpoints = []
+    for ep in obj.endpoints or []:
+        c = ep.conditions
+        pod = ep.target_ref.name if ep.target_ref else "?"
+        flags = "".join(flag for flag, on in (("R", c.ready), ("S", c.serving), ("T", c.terminating)) if on)
+        endpoints.append(f"{pod}@{','.join(ep.addresses)}[{flags or '-'}]")
+    return f"{stamp()} {event} slice {obj.metadata.namespace}/{obj.metadata.name} {' '.join(endpoints) or '(none)'}"
+
+
+def pod_line(event: str, obj: Any) -> str:
+    """One pod change: phase, Ready, restarts, each container's state, deletion."""
+    meta, status = obj.metadata, obj.status
+    ready = next((c.status for c in status.conditions or [] if c.type == "Ready"), "?")
+    states = []
+    for cs in status.container_statuses or []:
+        state = cs.state
+        if state.running:
+            states.append("running")
+        elif state.waiting:
+            states.append(f"waiting:{state.waiting.reason}")
+        elif state.terminated:
+            states.append(f"terminated:{state.terminated.reason}:{state.terminated.exit_code}")
+    restarts = sum(cs.restart_count for cs in status.container_statuses or [])
+    deleting = " deleting" if meta.deletion_timestamp else ""
+    return (
+        f"{stamp()} {event} pod {meta.namespace}/{meta.name} ip={status.pod_ip} phase={status.phase} ready={ready} "
+        f"restarts={restarts} {','.join(states)}{deleting}"
+    )
+
+
+def event_line(event: str, obj: Any) -> str:
+    """One Event: a probe that failed, a container killed or restarted, a pod scheduled or deleted."""
+    what = obj.involved_object
+    message = (obj.message or "").replace("\n", " ")[:160]
+    when = obj.last_timestamp or obj.event_time  # whole seconds: the API server's own, for events seen late
+    at = f" (at {when:%H:%M:%S})" if when else ""
+    return f"{stamp()} {event} event{at} {obj.type} {obj.reason} {what.kind}/{what.name}: {message}"
+
+
+class Witness:
+    """Every pod, EndpointSlice and Event change in a namespace, with the time it was seen: what a failed request is
+    lined up against in the test's own failure message (CI keeps nothing else of a run)."""
+
+    def __init__(self, kubeconfig: Path, namespace: str) -> None:
+        from kubernetes import client, config  # noqa: PLC0415 - only the load tests watch
+
+        api = config.new_client_from_config(str(kubeconfig))
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._watch, args=(list_call, line), daemon=True)
+            for list_call, line in (
+                (client.CoreV1Api(api).list_namespaced_pod, pod_line),
+                (client.DiscoveryV1Api(api).list_namespaced_endpoint_slice, endpoint_line),
+                (client.CoreV1Api(api).list_namespaced_event, event_line),
+            )
+        ]
+        self.namespace = namespace
+        for t in self._threads:
+            t.start()
+
+    def _watch(self, list_call: Any, line: Any) -> None:
+        from kubernetes import watch  # noqa: PLC0415
+
+        while not self._stop.is_set():
+            w = watch.Watch()
+            try:
+                for event in w.stream(list_call, self.namespace, timeout_seconds=30):
+                    self.lines.append(line(event["type"], event["object"]))
+                    if self._stop.is_set():
+                        w.stop()
+            except Exception as err:  # noqa: BLE001 - a broken watch is restarted; the lines say so
+                self.lines.append(f"{stamp()} watch restarted: {err}")
+
+    def around(self, when: str, seconds: float = 3.0) -> list[str]:
+        at = _seconds(when)
+        return [line for line in list(self.lines) if abs(_seconds(line.split(" ", 1)[0]) - at) <= seconds]
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -3,7 +3,6 @@ artifact lands on a host-path volume, onnxruntime pods serve it, and predictions
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import subprocess
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rn_support import Models, RealCluster
+from rn_support import Models, RealCluster, Witness, stamp
 
 from modeldeploy.cluster import realnode
 from modeldeploy.cluster.portforward import PortForward
@@ -93,10 +92,12 @@ def _answers(url: str, name: str, x: np.ndarray[Any, Any]) -> bool:
 
 
 class Load:
-    """Requests in a loop until stopped; counts failures and the model versions seen."""
+    """Requests in a loop until stopped; counts failures and the model versions seen. With `models`, a Witness
+    records the namespace's pod and EndpointSlice changes, and `explain()` lines each failure up with them."""
 
-    def __init__(self, url: str, model: str) -> None:
+    def __init__(self, url: str, model: str, models: Models | None = None) -> None:
         self.url, self.model = url, model
+        self.witness = Witness(models.cluster.kubeconfig, models.namespace) if models is not None else None
         self.x, _ = held_out_digits(4)
         self.ok = 0
         self.failures: list[str] = []
@@ -118,12 +119,24 @@ class Load:
                 self.run = (version, self.run[1] + 1 if self.run[0] == version else 1)
             except (urllib.error.URLError, OSError) as err:
                 # Milliseconds, to line a failure up with the EndpointSlice's, kube-proxy's and the pods' logs.
-                self.failures.append(f"{datetime.datetime.now():%H:%M:%S.%f}"[:-3] + f" {err}")
+                self.failures.append(f"{stamp()} {err}")
             time.sleep(0.02)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        if self.witness is not None:
+            self.witness.stop()
+
+    def explain(self) -> str:
+        """The failures, each with what the witness saw within 3 s of it."""
+        total = self.ok + len(self.failures)
+        parts = [f"{len(self.failures)} failed of {total}: {self.failures[:5]}"]
+        for failure in self.failures[:3]:
+            if self.witness is not None:
+                seen = "\n    ".join(self.witness.around(failure.split(" ", 1)[0]))
+                parts.append(f"  around {failure}:\n    {seen or '(no pod or EndpointSlice change)'}")
+        return "\n".join(parts)
 
 
 def test_digits_trains_serves_and_predicts_held_out_digits(
@@ -179,7 +192,7 @@ def test_scale_to_three_real_pods_and_a_deleted_one_is_replaced_while_serving(
     models.wait_phase("digits", "Ready", 60)
 
     url = nodeport_service(models, "digits")
-    load = Load(url, "digits")
+    load = Load(url, "digits", models)
     try:
         victim = serving_pods(models, "digits")[0]["metadata"]["name"]
         models.kubectl("delete", "pod", victim, "--wait=false")
@@ -195,14 +208,14 @@ def test_scale_to_three_real_pods_and_a_deleted_one_is_replaced_while_serving(
     finally:
         load.stop()
     assert load.ok > 0
-    assert not load.failures, f"{len(load.failures)} failed requests while a pod was replaced: {load.failures[:5]}"
+    assert not load.failures, f"while a pod was replaced: {load.explain()}"
 
 
 def test_retrain_rolls_to_the_new_version_with_zero_failed_requests(models: Models) -> None:
     models.apply("digits", DIGITS)
     first = models.wait_phase("digits", "Ready", READY_TIMEOUT)["modelVersion"]
     url = nodeport_service(models, "digits")
-    load = Load(url, "digits")
+    load = Load(url, "digits", models)
     try:
         retrained = json.loads(json.dumps(DIGITS))
         retrained["training"]["epochs"] = 6
@@ -226,7 +239,7 @@ def test_retrain_rolls_to_the_new_version_with_zero_failed_requests(models: Mode
     finally:
         load.stop()
     print(f"\nretrain under load: {load.ok + len(load.failures)} requests, {len(load.failures)} failed")
-    assert not load.failures, f"{len(load.failures)} failed of {load.ok + len(load.failures)}: {load.failures[:5]}"
+    assert not load.failures, load.explain()
     assert load.versions[0] == first
 
 

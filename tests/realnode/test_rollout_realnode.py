@@ -49,7 +49,7 @@ def test_pin_an_older_version_while_requests_flow_with_zero_failed_requests(mode
         timeout=READY_TIMEOUT, what="the second version Ready", interval=1,
     )  # fmt: skip
     url = nodeport_service(models, "digits")
-    load = Load(url, "digits")
+    load = Load(url, "digits", models)
     try:
         wait_until(lambda: load.run[0] == second and load.run[1] >= 20, timeout=30, what="load on the newest version")
         pinned_at = time.monotonic()
@@ -74,7 +74,7 @@ def test_pin_an_older_version_while_requests_flow_with_zero_failed_requests(mode
         f"\npin under load: {total} requests, {len(load.failures)} failed; pinned version Ready after "
         f"{ready_after:.1f} s, every answer from it after {all_pinned_after:.1f} s; versions in order: {load.versions}"
     )
-    assert not load.failures, f"{len(load.failures)} failed of {total}: {load.failures[:5]}"
+    assert not load.failures, load.explain()
     assert load.versions[0] == second and load.versions[-1] == first
     assert len([j for j in models.items("jobs") if "-train-" in j["metadata"]["name"]]) == 2  # nothing trained
 
@@ -154,7 +154,7 @@ def test_a_canary_whose_pods_crash_is_rolled_back_while_the_stable_version_serve
     volume = models.get("pvc", "digits-models")["spec"]["volumeName"]
     versions = Path(real_cluster.kubectl("get", "pv", volume, "-o", "jsonpath={.spec.local.path}").stdout) / "digits"
     url = nodeport_service(models, "digits")
-    load = Load(url, "digits")
+    load = Load(url, "digits", models)
     try:
         models.apply("digits", _spec({"replicas": 2, "canary": canary}, epochs=6))
         # A bad artifact: the new version's model.onnx no longer matches its card, so its server refuses to start
@@ -186,4 +186,4 @@ def test_a_canary_whose_pods_crash_is_rolled_back_while_the_stable_version_serve
     stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "CanaryRolledBack"
     assert load.versions == [first], "only the stable version answered"
-    assert not load.failures, f"{len(load.failures)} failed of {total}: {load.failures[:5]}"
+    assert not load.failures, load.explain()
