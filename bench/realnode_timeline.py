@@ -8,7 +8,7 @@ Writes into DIR:
 - packets.log: every TCP reset and ICMP error on the host (tcpdump on all interfaces): the address that sent it
   tells a pod with nothing listening (a RST from the pod's address) from kube-proxy's REJECT of a Service with no
   endpoint (an ICMP port-unreachable from the host);
-- kube-proxy.log and kubelet.log are the cluster's own (its state directory), at MODELDEPLOY_REALNODE_VERBOSITY.
+- kube-proxy.log and kubelet.log: copies of the cluster's own, at MODELDEPLOY_REALNODE_VERBOSITY (1 unless set).
 
 `python bench/realnode_timeline.py --around HH:MM:SS.mmm --out DIR` prints every line of those files within two
 seconds of a failure's timestamp (the realnode tests print failures with such timestamps).
@@ -58,11 +58,13 @@ def record(cluster: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     state = default_state_root() / cluster
     config.load_kube_config(str(state / "kubeconfig"))
+    # Copied as they grow (tail -F): the cluster's state directory, logs included, is removed at `down`.
+    followers = []
     for name in ("kube-proxy", "kubelet"):
-        link = out / f"{name}.log"
         found = next(iter(sorted(state.rglob(f"{name}.log"))), None)
-        if found and not link.exists():
-            link.symlink_to(found)
+        if found:
+            with (out / f"{name}.log").open("ab") as copy:
+                followers.append(subprocess.Popen(["tail", "-F", "-n", "+1", str(found)], stdout=copy))
     packets = (out / "packets.log").open("a", buffering=1)
     tcpdump = subprocess.Popen(
         ["tcpdump", "-i", "any", "-nn", "-l", "-tttt", "icmp or (tcp[tcpflags] & tcp-rst != 0)"],
@@ -81,8 +83,9 @@ def record(cluster: str, out: Path) -> None:
         stop.wait()
     except KeyboardInterrupt:
         stop.set()
-    tcpdump.terminate()
-    tcpdump.wait(timeout=10)
+    for process in (tcpdump, *followers):
+        process.terminate()
+        process.wait(timeout=10)
 
 
 _STAMP = re.compile(r"(\d\d):(\d\d):(\d\d)\.(\d{3,6})")
