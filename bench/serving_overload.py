@@ -6,8 +6,9 @@ serves normally again.
 Phases, one server (heavy CNN, binary tensors, pinned to core 0; the load generator on core 1):
 1. unloaded: one client, the mix, `--unloaded-seconds`: p50/p99 per kind of request;
 2. capacity: `--capacity-clients` clients, the mix: admitted requests per second when saturated;
-3. overload: `--overload-clients` closed-loop clients (shed requests come back at once and are sent again, so the
-   offered rate is reported against the capacity: the goal is at least 4x), `--seconds`;
+3. overload: `--overload-clients` closed-loop clients (shed requests come back at once and are sent again, or after
+   the 503's Retry-After with `--honour-retry-after`; the offered rate is reported against the capacity: the goal is
+   at least 4x), `--seconds`;
 4. recovery: from the moment the load stops, one small request after another: the time until one is answered
    200 within twice the unloaded p99 of small requests.
 
@@ -77,9 +78,11 @@ def request_bytes(port: int, rows: int) -> bytes:
 
 
 async def one_client(
-    port: int, bodies: dict[str, bytes], mix: list[str], until: float, tally: Tally, *, seed: int
+    port: int, bodies: dict[str, bytes], mix: list[str], until: float, tally: Tally, *, seed: int, polite: bool
 ) -> None:
-    """Keep-alive HTTP/1.1 on one connection: send, read the whole answer, send the next (closed loop)."""
+    """Keep-alive HTTP/1.1 on one connection: send, read the whole answer, send the next (closed loop). `polite`:
+    after a 503, wait the Retry-After it names before sending again, as a well-behaved client (tritonclient's retry,
+    a gateway) does."""
     rng = random.Random(seed)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -92,13 +95,18 @@ async def one_client(
             status = int(head.split(b" ", 2)[1])
             length = 0
             close = False
+            retry_after = 0.0
             for line in head.lower().split(b"\r\n"):
                 if line.startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
                 elif line.startswith(b"connection:") and b"close" in line:
                     close = True
+                elif line.startswith(b"retry-after:"):
+                    retry_after = float(line.split(b":")[1])
             await reader.readexactly(length)
             tally.add(kind, status, time.perf_counter() - started)
+            if polite and status == 503 and retry_after:
+                await asyncio.sleep(min(retry_after, max(0.0, until - time.perf_counter())))
             if close:
                 writer.close()
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -108,10 +116,12 @@ async def one_client(
         writer.close()
 
 
-async def load(port: int, bodies: dict[str, bytes], mix: list[str], clients: int, seconds: float) -> Tally:
+async def load(
+    port: int, bodies: dict[str, bytes], mix: list[str], clients: int, seconds: float, *, polite: bool = False
+) -> Tally:
     tally = Tally()
     until = time.perf_counter() + seconds
-    await asyncio.gather(*(one_client(port, bodies, mix, until, tally, seed=i) for i in range(clients)))
+    await asyncio.gather(*(one_client(port, bodies, mix, until, tally, seed=i, polite=polite) for i in range(clients)))
     return tally
 
 
@@ -239,6 +249,11 @@ def main() -> int:
     parser.add_argument("--capacity-clients", type=int, default=8)
     parser.add_argument("--overload-clients", type=int, default=128, help="closed-loop clients of the overload phase")
     parser.add_argument("--large-rows", type=int, default=64, help="rows of the maximum-size request")
+    parser.add_argument(
+        "--honour-retry-after",
+        action="store_true",
+        help="overload clients wait the Retry-After of a 503 before sending again (default: resend at once)",
+    )
     parser.add_argument("--large-share", type=float, default=0.1, help="share of maximum-size requests in the mix")
     parser.add_argument(
         "--image",
@@ -279,7 +294,7 @@ def main() -> int:
         capacity_rps = capacity.count(200) / 10
         clients = args.overload_clients
         cpu_before = server.cpu()
-        overload = asyncio.run(load(port, bodies, mix, clients, args.seconds))
+        overload = asyncio.run(load(port, bodies, mix, clients, args.seconds, polite=args.honour_retry_after))
         overload_cpu = server.cpu() - cpu_before
         bound = max(pct(unloaded.admitted("small"), 99) / 1000 * 2, 0.05)
         recovered = asyncio.run(recovery(port, bodies["small"], bound))
@@ -330,6 +345,7 @@ def main() -> int:
         f"- server alive after the run (no restart, no OOM kill): {alive}; peak memory {peak:.0f} MB (VmHWM, or "
         f"the container cgroup's max usage); idle at start "
         f"{server.idle_mb:.0f} MB{server.where}",
+        f"- clients after a 503: {'wait its Retry-After' if args.honour_retry_after else 'resend at once'}",
         f"- mix: {args.large_share:.0%} requests of {args.large_rows} rows, the rest {SMALL_ROWS} row; heavy CNN "
         f"(0.1 GFLOP a row), binary tensors; median unloaded latency small "
         f"{statistics.median(unloaded.admitted('small')) * 1000:.1f} ms",
