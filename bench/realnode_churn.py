@@ -74,12 +74,7 @@ def main() -> None:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{state.bin_dir}:{os.environ.get('PATH', '')}"}
     cluster = RealCluster(args.cluster, kubeconfig, str(Path(state.bin_dir) / "kubectl"), env)
     namespace = f"churn-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", namespace)
-    wait_until(
-        lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode == 0,
-        timeout=30,
-        what=f"the default ServiceAccount in {namespace}",
-    )
+    cluster.create_namespace(namespace)
     operator = Operator(env, namespace, Path(f"/tmp/{namespace}-operator.log"))
     models = Models(cluster, namespace, operator)
     failed_total = requests_total = deletions = 0

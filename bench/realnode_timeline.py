@@ -24,12 +24,12 @@ import sys
 import threading
 from pathlib import Path
 
-from kubernetes import client, config, watch
+from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "realnode"))
 
-from rn_support import endpoint_line, pod_line, stamp  # noqa: E402
+from rn_support import endpoint_line, pod_line, watch_lines  # noqa: E402
 
 from modeldeploy.cluster.local import default_state_root  # noqa: E402
 
@@ -37,21 +37,12 @@ WINDOW_SECONDS = 2.0
 
 
 def _watch(kind: str, out: Path, stop: threading.Event) -> None:
-    api_call = {
-        "endpointslices": client.DiscoveryV1Api().list_endpoint_slice_for_all_namespaces,
-        "pods": client.CoreV1Api().list_pod_for_all_namespaces,
+    list_call, line = {
+        "endpointslices": (client.DiscoveryV1Api().list_endpoint_slice_for_all_namespaces, endpoint_line),
+        "pods": (client.CoreV1Api().list_pod_for_all_namespaces, pod_line),
     }[kind]
-    line = endpoint_line if kind == "endpointslices" else pod_line
     with out.open("a", buffering=1) as f:
-        while not stop.is_set():
-            w = watch.Watch()
-            try:
-                for event in w.stream(api_call, timeout_seconds=60):
-                    f.write(line(event["type"], event["object"]) + "\n")
-                    if stop.is_set():
-                        w.stop()
-            except Exception as err:  # noqa: BLE001 - a broken watch is restarted; the timeline says so
-                f.write(f"{stamp()} watch restarted: {err}\n")
+        watch_lines(list_call, (), line, lambda text: f.write(text + "\n"), stop)
 
 
 def record(cluster: str, out: Path) -> None:

@@ -99,12 +99,7 @@ def real_cluster() -> Iterator[RealCluster]:
 def rn_namespace(request: pytest.FixtureRequest, real_cluster: RealCluster) -> Iterator[str]:
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"rn-{base}-{uuid.uuid4().hex[:6]}"
-    real_cluster.kubectl("create", "namespace", name)
-    wait_until(
-        lambda: real_cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
-        timeout=30,
-        what=f"the default ServiceAccount in {name}",
-    )
+    real_cluster.create_namespace(name)
     yield name
     real_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 

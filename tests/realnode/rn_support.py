@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,15 @@ class RealCluster:
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
         return result
+
+    def create_namespace(self, name: str) -> None:
+        """A namespace, once its default ServiceAccount exists (pods are refused before)."""
+        self.kubectl("create", "namespace", name)
+        wait_until(
+            lambda: self.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+            timeout=30,
+            what=f"the default ServiceAccount in {name}",
+        )
 
 
 class Operator:
@@ -171,6 +181,28 @@ def event_line(event: str, obj: Any) -> str:
     return f"{stamp()} {event} event{at} {obj.type} {obj.reason} {what.kind}/{what.name}: {message}"
 
 
+def watch_lines(
+    list_call: Any,
+    args: tuple[Any, ...],
+    line: Callable[[str, Any], str],
+    emit: Callable[[str], object],
+    stop: threading.Event,
+) -> None:
+    """Each change `list_call` watches, as `line` writes it, to `emit`, until `stop`; a broken watch is restarted
+    and the lines say so."""
+    from kubernetes import watch  # noqa: PLC0415 - only the load tests and the bench watch
+
+    while not stop.is_set():
+        w = watch.Watch()
+        try:
+            for event in w.stream(list_call, *args, timeout_seconds=30):
+                emit(line(event["type"], event["object"]))
+                if stop.is_set():
+                    w.stop()
+        except Exception as err:  # noqa: BLE001 - restarted, and said
+            emit(f"{stamp()} watch restarted: {err}")
+
+
 class Witness:
     """Every pod, EndpointSlice and Event change in a namespace, with the time it was seen: what a failed request is
     lined up against in the test's own failure message (CI keeps nothing else of a run)."""
@@ -182,29 +214,17 @@ class Witness:
         self.lines: list[str] = []
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._watch, args=(list_call, line), daemon=True)
+            threading.Thread(
+                target=watch_lines, args=(list_call, (namespace,), line, self.lines.append, self._stop), daemon=True
+            )
             for list_call, line in (
                 (client.CoreV1Api(api).list_namespaced_pod, pod_line),
                 (client.DiscoveryV1Api(api).list_namespaced_endpoint_slice, endpoint_line),
                 (client.CoreV1Api(api).list_namespaced_event, event_line),
             )
         ]
-        self.namespace = namespace
         for t in self._threads:
             t.start()
-
-    def _watch(self, list_call: Any, line: Any) -> None:
-        from kubernetes import watch  # noqa: PLC0415
-
-        while not self._stop.is_set():
-            w = watch.Watch()
-            try:
-                for event in w.stream(list_call, self.namespace, timeout_seconds=30):
-                    self.lines.append(line(event["type"], event["object"]))
-                    if self._stop.is_set():
-                        w.stop()
-            except Exception as err:  # noqa: BLE001 - a broken watch is restarted; the lines say so
-                self.lines.append(f"{stamp()} watch restarted: {err}")
 
     def around(self, when: str, seconds: float = 3.0) -> list[str]:
         at = _seconds(when)

@@ -93,7 +93,7 @@ def _answers(url: str, name: str, x: np.ndarray[Any, Any]) -> bool:
 
 class Load:
     """Requests in a loop until stopped; counts failures and the model versions seen. With `models`, a Witness
-    records the namespace's pod and EndpointSlice changes, and `explain()` lines each failure up with them."""
+    records the namespace's pod, EndpointSlice and Event changes, and `explain()` lines each failure up with them."""
 
     def __init__(self, url: str, model: str, models: Models | None = None) -> None:
         self.url, self.model = url, model
@@ -132,10 +132,9 @@ class Load:
         """The failures, each with what the witness saw within 3 s of it."""
         total = self.ok + len(self.failures)
         parts = [f"{len(self.failures)} failed of {total}: {self.failures[:5]}"]
-        for failure in self.failures[:3]:
-            if self.witness is not None:
-                seen = "\n    ".join(self.witness.around(failure.split(" ", 1)[0]))
-                parts.append(f"  around {failure}:\n    {seen or '(no pod or EndpointSlice change)'}")
+        for failure in self.failures[:3] if self.witness is not None else []:
+            seen = "\n    ".join(self.witness.around(failure.split(" ", 1)[0]))
+            parts.append(f"  around {failure}:\n    {seen or '(no pod, EndpointSlice or Event change)'}")
         return "\n".join(parts)
 
 
