@@ -5,7 +5,8 @@
 Writes into DIR:
 - endpoints.log: every EndpointSlice change in the cluster: each endpoint's pod, address and ready/serving/terminating;
 - pods.log: every serving or training pod change: phase, Ready, container restarts, deletion;
-- packets.log: every TCP reset and ICMP error on the host (tcpdump on all interfaces): the address that sent it
+- packets.log: every TCP reset and ICMP error on the host (tcpdump on all interfaces, `apt-get install tcpdump`;
+  only this bench needs it): the address that sent it
   tells a pod with nothing listening (a RST from the pod's address) from kube-proxy's REJECT of a Service with no
   endpoint (an ICMP port-unreachable from the host);
 - kube-proxy.log and kubelet.log: copies of the cluster's own, at MODELDEPLOY_REALNODE_VERBOSITY (1 unless set).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +59,8 @@ def record(cluster: str, out: Path) -> None:
             with (out / f"{name}.log").open("ab") as copy:
                 followers.append(subprocess.Popen(["tail", "-F", "-n", "+1", str(found)], stdout=copy))
     packets = (out / "packets.log").open("a", buffering=1)
+    if shutil.which("tcpdump") is None:
+        sys.exit("tcpdump is not installed (apt-get install tcpdump): packets.log would stay empty")
     tcpdump = subprocess.Popen(
         ["tcpdump", "-i", "any", "-nn", "-l", "-tttt", "icmp or (tcp[tcpflags] & tcp-rst != 0)"],
         stdout=packets,
