@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
+import itertools
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,3 +237,131 @@ class Witness:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+# The host's counters that tell who refused a connection: a reset sent by the host's own stack (a SYN to 127.0.0.1
+# that no DNAT rule caught, delivered to a port nothing listens on), kube-proxy's REJECT (an ICMP port unreachable: a
+# Service without endpoints), conntrack dropping or failing to insert an entry (a NAT clash). A pod's reset is sent
+# in the pod's network namespace and moves none of these: the conntrack entry then names the pod's address.
+SNMP_COUNTERS = {
+    "Tcp": ("AttemptFails", "OutRsts", "EstabResets"),
+    "Icmp": ("OutDestUnreachs", "InDestUnreachs"),
+    "TcpExt": ("ListenOverflows", "ListenDrops", "TCPTimeWaitOverflow", "TCPReqQFullDrop"),
+}
+CONNTRACK_COUNTERS = ("invalid", "insert_failed", "drop", "early_drop", "clashres")
+
+
+def _snmp(path: str) -> dict[str, int]:
+    """`Proto: names` / `Proto: values` line pairs of /proc/net/snmp and /proc/net/netstat, the counters named above."""
+    counters: dict[str, int] = {}
+    lines = Path(path).read_text(encoding="ascii").splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        proto, _, rest = names.partition(": ")
+        wanted = SNMP_COUNTERS.get(proto, ())
+        for name, value in zip(rest.split(), values.partition(": ")[2].split(), strict=False):
+            if name in wanted:
+                counters[f"{proto}.{name}"] = int(value)
+    return counters
+
+
+def pod_network_namespaces() -> dict[str, int]:
+    """Each pod address of the real node's range and a process in its network namespace (a pod's reset is counted
+    there: /proc/<pid>/net/snmp is that namespace's)."""
+    pods: dict[str, int] = {}
+    namespaces: set[str] = {os.readlink("/proc/self/ns/net")}
+    for entry in os.listdir("/proc"):
+        try:
+            namespace = os.readlink(f"/proc/{entry}/ns/net") if entry.isdigit() else ""
+            if not namespace or namespace in namespaces:
+                continue
+            namespaces.add(namespace)
+            trie = Path(f"/proc/{entry}/net/fib_trie").read_text(encoding="ascii").splitlines()
+        except OSError:  # gone, or not ours to read
+            continue
+        local = {prev.split()[-1] for prev, line in itertools.pairwise(trie) if "/32 host LOCAL" in line}
+        for address in local:
+            if ipaddress.ip_address(address) in ipaddress.ip_network(realnode.POD_CIDR):
+                pods[address] = int(entry)
+    return pods
+
+
+def listening(pid: int, port: int) -> bool:
+    """Whether a TCP socket listens on `port` in the network namespace of `pid`."""
+    lines = Path(f"/proc/{pid}/net/tcp").read_text(encoding="ascii").splitlines()[1:]
+    return any(f.split()[1].endswith(f":{port:04X}") and f.split()[3] == "0A" for f in lines)
+
+
+def host_counters() -> dict[str, int]:
+    """The host network namespace's counters of SNMP_COUNTERS and CONNTRACK_COUNTERS (the latter summed over CPUs)."""
+    counters = _snmp("/proc/net/snmp") | _snmp("/proc/net/netstat")
+    stat = Path("/proc/net/stat/nf_conntrack")
+    if stat.exists():
+        header, *cpus = stat.read_text(encoding="ascii").split("\n")
+        names = header.split()
+        for cpu in filter(None, cpus):
+            for name, value in zip(names, cpu.split(), strict=False):
+                if name in CONNTRACK_COUNTERS:
+                    counters[f"conntrack.{name}"] = counters.get(f"conntrack.{name}", 0) + int(value, 16)
+    return counters
+
+
+class HostEvidence:
+    """What the host's network stack did about one request to a NodePort on 127.0.0.1, read right after it failed:
+    the counters that moved while it ran, conntrack's entries for the port that did not end as a closed connection
+    does (a refused one ends CLOSE; its reply source is the address that answered: a pod's, or 127.0.0.1 when no
+    DNAT happened), and kube-proxy's rules for the Service at that moment. Needs root and conntrack/iptables-save
+    (what the real node needs too); without them it says so."""
+
+    def __init__(self, port: int, service: str, target_port: int = 8080) -> None:
+        self.port, self.service, self.target_port = port, service, target_port
+        tools = all(shutil.which(tool) for tool in ("conntrack", "iptables-save"))
+        self.missing = "" if os.geteuid() == 0 and tools else "not root, or conntrack/iptables-save missing"
+        self._pods: dict[str, int] = {}
+        self._pods_read = 0.0
+
+    def before(self) -> dict[str, int]:
+        """The host's counters, and each pod's resets (`pod <address>`), before a request."""
+        if self.missing:
+            return {}
+        if time.monotonic() - self._pods_read > 1:  # pods come and go: their namespaces are looked up each second
+            self._pods, self._pods_read = pod_network_namespaces(), time.monotonic()
+        counters = host_counters()
+        for address, pid in self._pods.items():
+            try:
+                counters[f"pod {address} Tcp.OutRsts"] = _snmp(f"/proc/{pid}/net/snmp")["Tcp.OutRsts"]
+            except (OSError, KeyError):
+                continue
+        return counters
+
+    def after(self, before: dict[str, int]) -> list[str]:
+        """Lines that say who refused: counters moved during the request, conntrack entries, kube-proxy's rules."""
+        if self.missing:
+            return [f"(no host evidence: {self.missing})"]
+        now = host_counters()
+        for key in [k for k in before if k.startswith("pod ")]:
+            pid = self._pods.get(key.split()[1])
+            try:
+                now[key] = _snmp(f"/proc/{pid}/net/snmp")["Tcp.OutRsts"]
+            except (OSError, KeyError):
+                continue
+        moved = {k: now[k] - before[k] for k in now if k in before and now[k] != before[k]}
+        lines = [f"counters that moved during the request (host, and each pod's resets): {moved or 'none'}"]
+        listeners = []
+        for address, pid in sorted(self._pods.items()):
+            try:
+                listeners.append(f"{address}:{'yes' if listening(pid, self.target_port) else 'NO'}")
+            except OSError:
+                listeners.append(f"{address}:gone")
+        lines.append(f"pods listening on {self.target_port} right after: {' '.join(listeners) or '(no pod)'}")
+        entries = subprocess.run(
+            ["conntrack", "-L", "-p", "tcp", "--dport", str(self.port)], capture_output=True, text=True, check=False
+        ).stdout.splitlines()
+        odd = [e for e in entries if " ESTABLISHED " not in e and " TIME_WAIT " not in e]
+        lines.append(f"conntrack: {len(entries)} entries for port {self.port}, {len(odd)} not ESTABLISHED/TIME_WAIT:")
+        lines += [f"  {' '.join(e.split())}" for e in odd[:8]]
+        for table in ("nat", "filter"):
+            rules = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=False).stdout
+            mine = [r for r in rules.splitlines() if f'"{self.service}' in r or f"{self.service} " in r]
+            lines.append(f"iptables -t {table}, the rules of {self.service}: {len(mine)}")
+            lines += [f"  {r}" for r in mine[:12]]
+        return lines

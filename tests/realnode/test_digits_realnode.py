@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rn_support import Models, RealCluster, Witness, stamp
+from rn_support import HostEvidence, Models, RealCluster, Witness, stamp
 
 from modeldeploy.cluster import realnode
 from modeldeploy.cluster.portforward import PortForward
@@ -93,11 +93,15 @@ def _answers(url: str, name: str, x: np.ndarray[Any, Any]) -> bool:
 
 class Load:
     """Requests in a loop until stopped; counts failures and the model versions seen. With `models`, a Witness
-    records the namespace's pod, EndpointSlice and Event changes, and `explain()` lines each failure up with them."""
+    records the namespace's pod, EndpointSlice and Event changes, HostEvidence reads what the host's network stack
+    did about the first failed requests, and `explain()` lines each failure up with both."""
 
     def __init__(self, url: str, model: str, models: Models | None = None) -> None:
         self.url, self.model = url, model
         self.witness = Witness(models.cluster.kubeconfig, models.namespace) if models is not None else None
+        port = int(url.rsplit(":", 1)[1])
+        self.host = HostEvidence(port, f"{models.namespace}/{model}-nodeport") if models is not None else None
+        self.evidence: dict[str, list[str]] = {}  # the first failures' host evidence, by their time
         self.x, _ = held_out_digits(4)
         self.ok = 0
         self.failures: list[str] = []
@@ -111,6 +115,7 @@ class Load:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            before = self.host.before() if self.host is not None else {}
             try:
                 _, version = predict(self.url, self.model, self.x, timeout=5)
                 self.ok += 1
@@ -119,7 +124,10 @@ class Load:
                 self.run = (version, self.run[1] + 1 if self.run[0] == version else 1)
             except (urllib.error.URLError, OSError) as err:
                 # Milliseconds, to line a failure up with the EndpointSlice's, kube-proxy's and the pods' logs.
-                self.failures.append(f"{stamp()} {err}")
+                when = stamp()
+                self.failures.append(f"{when} {err}")
+                if self.host is not None and len(self.evidence) < 3:  # read at once: conntrack forgets in 10 s
+                    self.evidence[when] = self.host.after(before)
             time.sleep(0.02)
 
     def stop(self) -> None:
@@ -133,8 +141,10 @@ class Load:
         total = self.ok + len(self.failures)
         parts = [f"{len(self.failures)} failed of {total}: {self.failures[:5]}"]
         for failure in self.failures[:3] if self.witness is not None else []:
-            seen = "\n    ".join(self.witness.around(failure.split(" ", 1)[0]))
-            parts.append(f"  around {failure}:\n    {seen or '(no pod, EndpointSlice or Event change)'}")
+            when = failure.split(" ", 1)[0]
+            seen = self.witness.around(when) or ["(no pod, EndpointSlice or Event change)"]
+            lines = "\n    ".join(seen + self.evidence.get(when, []))
+            parts.append(f"  around {failure}:\n    {lines}")
         return "\n".join(parts)
 
 
