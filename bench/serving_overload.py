@@ -7,8 +7,8 @@ Phases, one server (heavy CNN, binary tensors, pinned to core 0; the load genera
 1. unloaded: one client, the mix, `--unloaded-seconds`: p50/p99 per kind of request;
 2. capacity: `--capacity-clients` clients, the mix: admitted requests per second when saturated;
 3. overload: `--overload-clients` closed-loop clients (shed requests come back at once and are sent again, or after
-   the 503's Retry-After with `--honour-retry-after`; the offered rate is reported against the capacity: the goal is
-   at least 4x), `--seconds`;
+   the 503's Retry-After with `--honour-retry-after`; `--offered 4` paces them to 4x the capacity of phase 2 in
+   all; the offered rate is reported against the capacity: the goal is at least 4x), `--seconds`;
 4. recovery: from the moment the load stops, one small request after another: the time until one is answered
    200 within twice the unloaded p99 of small requests.
 
@@ -78,15 +78,28 @@ def request_bytes(port: int, rows: int) -> bytes:
 
 
 async def one_client(
-    port: int, bodies: dict[str, bytes], mix: list[str], until: float, tally: Tally, *, seed: int, polite: bool
+    port: int,
+    bodies: dict[str, bytes],
+    mix: list[str],
+    until: float,
+    tally: Tally,
+    *,
+    seed: int,
+    polite: bool,
+    interval: float = 0.0,
 ) -> None:
     """Keep-alive HTTP/1.1 on one connection: send, read the whole answer, send the next (closed loop). `polite`:
     after a 503, wait the Retry-After it names before sending again, as a well-behaved client (tritonclient's retry,
-    a gateway) does."""
+    a gateway) does. `interval`: send at most one request per interval (from a random phase), the next at once when
+    an answer came later than its slot: a closed loop with a set offered rate."""
     rng = random.Random(seed)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    slot = time.perf_counter() + rng.random() * interval
     try:
         while time.perf_counter() < until:
+            if interval:
+                await asyncio.sleep(max(0.0, slot - time.perf_counter()))
+                slot = max(slot + interval, time.perf_counter())
             kind = rng.choice(mix)
             started = time.perf_counter()
             writer.write(bodies[kind])
@@ -117,11 +130,22 @@ async def one_client(
 
 
 async def load(
-    port: int, bodies: dict[str, bytes], mix: list[str], clients: int, seconds: float, *, polite: bool = False
+    port: int,
+    bodies: dict[str, bytes],
+    mix: list[str],
+    clients: int,
+    seconds: float,
+    *,
+    polite: bool = False,
+    rate: float = 0.0,
 ) -> Tally:
+    """`clients` closed-loop clients for `seconds`; `rate`: requests per second offered by them all at most."""
     tally = Tally()
     until = time.perf_counter() + seconds
-    await asyncio.gather(*(one_client(port, bodies, mix, until, tally, seed=i, polite=polite) for i in range(clients)))
+    interval = clients / rate if rate else 0.0
+    await asyncio.gather(
+        *(one_client(port, bodies, mix, until, tally, seed=i, polite=polite, interval=interval) for i in range(clients))
+    )
     return tally
 
 
@@ -254,6 +278,13 @@ def main() -> int:
         action="store_true",
         help="overload clients wait the Retry-After of a 503 before sending again (default: resend at once)",
     )
+    parser.add_argument(
+        "--offered",
+        type=float,
+        default=0.0,
+        help="overload clients offer this many times the measured capacity at most, in requests per second (each "
+        "client paced; default: as fast as answers come back)",
+    )
     parser.add_argument("--large-share", type=float, default=0.1, help="share of maximum-size requests in the mix")
     parser.add_argument(
         "--image",
@@ -294,7 +325,10 @@ def main() -> int:
         capacity_rps = capacity.count(200) / 10
         clients = args.overload_clients
         cpu_before = server.cpu()
-        overload = asyncio.run(load(port, bodies, mix, clients, args.seconds, polite=args.honour_retry_after))
+        rate = args.offered * capacity_rps
+        overload = asyncio.run(
+            load(port, bodies, mix, clients, args.seconds, polite=args.honour_retry_after, rate=rate)
+        )
         overload_cpu = server.cpu() - cpu_before
         bound = max(pct(unloaded.admitted("small"), 99) / 1000 * 2, 0.05)
         recovered = asyncio.run(recovery(port, bodies["small"], bound))
@@ -345,7 +379,8 @@ def main() -> int:
         f"- server alive after the run (no restart, no OOM kill): {alive}; peak memory {peak:.0f} MB (VmHWM, or "
         f"the container cgroup's max usage); idle at start "
         f"{server.idle_mb:.0f} MB{server.where}",
-        f"- clients after a 503: {'wait its Retry-After' if args.honour_retry_after else 'resend at once'}",
+        f"- clients after a 503: {'wait its Retry-After' if args.honour_retry_after else 'resend at once'}; "
+        + (f"paced to {rate:.0f} requests/s in all ({args.offered:g}x the capacity)" if rate else "not paced"),
         f"- mix: {args.large_share:.0%} requests of {args.large_rows} rows, the rest {SMALL_ROWS} row; heavy CNN "
         f"(0.1 GFLOP a row), binary tensors; median unloaded latency small "
         f"{statistics.median(unloaded.admitted('small')) * 1000:.1f} ms",
