@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CLUSTER ?= modeldeploy
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv test test-unit lint cluster-binaries oldest-binaries flux-binaries objectstore-binaries cluster-up cluster-down cluster-status demo docs clean
+.PHONY: help venv test test-unit lint cluster-binaries oldest-binaries flux-binaries netpol-binaries objectstore-binaries cluster-up cluster-down cluster-status demo docs clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ flux-binaries: ## build (once, cached) Flux's source-controller and kustomize-co
 
 argocd-binaries: ## build (once, cached) Argo CD's repo-server and application-controller and kustomize, for the Argo CD tests (docs/gitops.md)
 	@nice -n 19 bash src/modeldeploy/cluster/build-argocd.sh >/dev/null
+
+netpol-binaries: ## build (once, cached) kube-router, whose network-policy controller enforces NetworkPolicy on the real node, for the opt-in test MODELDEPLOY_NETPOL_TEST=1 (docs/real-node.md)
+	@nice -n 19 bash src/modeldeploy/cluster/build-netpol.sh >/dev/null
 
 objectstore-binaries: ## build (once, cached) versitygw, the S3 server of `cluster up --object-store` and the object-storage tests
 	@nice -n 19 bash src/modeldeploy/cluster/build-objectstore.sh >/dev/null
