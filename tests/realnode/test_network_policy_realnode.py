@@ -28,7 +28,14 @@ from modeldeploy.cluster import realnode
 from modeldeploy.cluster.local import SERVICE_CIDR
 from modeldeploy.cluster.waiting import wait_until
 
-pytestmark = [pytest.mark.realnode, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.realnode,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("MODELDEPLOY_NETPOL_TEST") != "1",
+        reason="opt-in: MODELDEPLOY_NETPOL_TEST=1 (and `make netpol-binaries`)",
+    ),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,8 +77,6 @@ while True:
 @pytest.fixture
 def enforcer(real_cluster: RealCluster, tmp_path: Path) -> Iterator[None]:
     """kube-router's network-policy controller on the real node, for one test; its rules and ipsets removed after."""
-    if os.environ.get("MODELDEPLOY_NETPOL_TEST") != "1":
-        pytest.skip("opt-in: MODELDEPLOY_NETPOL_TEST=1 (and `make netpol-binaries`)")
     binary = kube_router()
     if shutil.which("ipset") is None:
         pytest.skip("ipset is not installed (apt-get install ipset): kube-router keeps the policies' peers in ipsets")
@@ -179,7 +184,7 @@ def call_from(models: Models, namespace: str, url: str, seconds: float) -> tuple
 
 
 def test_only_the_namespaces_allow_from_names_reach_the_serving_pods(
-    models: Models, real_cluster: RealCluster, enforcer: None
+    enforcer: None, models: Models, real_cluster: RealCluster
 ) -> None:
     models.apply("digits", {**DIGITS, "serving": {"replicas": 1}})
     models.wait_phase("digits", "Ready", READY_TIMEOUT)
