@@ -1,13 +1,15 @@
 """Opt-in bearer tokens and TLS: a request without the token, or with a wrong one, gets 401 / UNAUTHENTICATED and never
-reaches the model; tritonclient (HTTP and gRPC) and curl pass with the token over TLS; a rotated certificate is
-served to new connections without a restart."""
+reaches the model; tritonclient (HTTP and gRPC), KServe's client and curl pass with the token over TLS; a rotated
+certificate is served to new connections without a restart."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import ssl
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from modeldeploy.cluster.waiting import wait_until
 from .conftest import ServerProcess, start_server
 
 TOKEN = "s3cret-token-for-tests"
+KSERVE = "kserve==0.21.0"  # KServe's Python SDK, in a virtualenv of its own (kserve_client.py says why)
 BODY = json.dumps(
     {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8, 8, 1], "data": [0.0] * 64}]}
 ).encode()
@@ -202,3 +205,40 @@ def test_a_rotated_certificate_is_served_without_a_restart(secured: Secured) -> 
     assert secured.server.process.pid == pid and secured.server.process.poll() is None
     with pytest.raises(httpx.HTTPError):  # the old certificate is not served any more
         httpx.get(f"{secured.https}/v2/health/live", verify=str(secured.ca), timeout=5)
+
+
+@pytest.fixture(scope="session")
+def kserve_python() -> Path:
+    """The Python of a virtualenv with KServe's SDK, made once per machine in the project's cache."""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    cache = Path(os.environ.get("MODELDEPLOY_CACHE") or cache_home / "modeldeploy")
+    venv = cache / "venvs" / KSERVE.replace("==", "-")
+    python, done = venv / "bin" / "python", venv / ".installed"
+    if not done.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
+        pip = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", KSERVE], capture_output=True, text=True, check=False
+        )
+        assert pip.returncode == 0, f"pip install {KSERVE} failed: {pip.stderr[-2000:]}"
+        done.write_text(KSERVE)
+    return python
+
+
+def test_kserve_client_passes_with_token_and_tls(secured: Secured, kserve_python: Path) -> None:
+    script = Path(__file__).with_name("kserve_client.py")
+    https, grpc_target = secured.https, secured.server.grpc_target
+    run = subprocess.run(
+        [str(kserve_python), str(script), https, grpc_target, str(secured.ca), TOKEN, "digits"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {
+        "rest binary=False": [2, 10],
+        "rest binary=True": [2, 10],
+        "rest without token": 401,
+        "grpc": [2, 10],
+        "grpc wrong token": "UNAUTHENTICATED",
+    }
