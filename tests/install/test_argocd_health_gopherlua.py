@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from modeldeploy.cluster.local import default_cache_root
+
 from .test_argocd_health import CASES, HEALTH_LUA, argocd_health
 
 HARNESS = Path(__file__).parent / "argocd_lua"
@@ -25,9 +27,7 @@ def argocd_lua() -> Path:
     if go is None:
         pytest.fail("Go is not installed: the gopher-lua harness is built from tests/install/argocd_lua (make test)")
     digest = hashlib.sha256(b"".join((HARNESS / f).read_bytes() for f in ("main.go", "go.mod", "go.sum")))
-    default_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modeldeploy"
-    cache = Path(os.environ.get("MODELDEPLOY_CACHE") or default_cache)  # as build-binaries.sh
-    binary = cache / "bin" / f"argocd-lua-{digest.hexdigest()[:12]}" / "argocd-lua"
+    binary = default_cache_root() / "bin" / f"argocd-lua-{digest.hexdigest()[:12]}" / "argocd-lua"
     if not binary.exists():
         env = {**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
         result = subprocess.run(

@@ -17,6 +17,8 @@ from modeldeploy_operator import builders, decide
 from modeldeploy_operator.observed import ChildState, Observed, summarize_pod
 from modeldeploy_operator.settings import Settings
 
+from modeldeploy.cluster.local import default_cache_root
+
 CLI_UTILS = "sigs.k8s.io/cli-utils@v0.37.2"
 SOURCE = Path(__file__).parent / "kstatus" / "main.go"
 NOW = "2025-01-01T00:00:00Z"
@@ -28,8 +30,7 @@ def _kstatus_binary() -> Path:
     go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
     if go is None:
         pytest.skip("Go is not installed (the local control plane needs it too)")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modeldeploy"
-    folder = cache / f"kstatus-{CLI_UTILS.replace('@', '-').replace('/', '_')}"
+    folder = default_cache_root() / f"kstatus-{CLI_UTILS.replace('@', '-').replace('/', '_')}"
     binary = folder / "kstatus"
     if binary.exists() and binary.stat().st_mtime >= SOURCE.stat().st_mtime:
         return binary

@@ -247,7 +247,7 @@ class Witness:
 # The host's counters that tell who refused a connection: a reset sent by the host's own stack (a SYN to 127.0.0.1
 # that no DNAT rule caught, delivered to a port nothing listens on), kube-proxy's REJECT (an ICMP port unreachable: a
 # Service without endpoints), conntrack dropping or failing to insert an entry (a NAT clash). A pod's reset is sent
-# in the pod's network namespace and moves none of these: the conntrack entry then names the pod's address.
+# in the pod's network namespace and moves none of these: that namespace's own counter does.
 SNMP_COUNTERS = {
     "Tcp": ("AttemptFails", "OutRsts", "EstabResets"),
     "Icmp": ("OutDestUnreachs", "InDestUnreachs"),
@@ -312,10 +312,11 @@ def host_counters() -> dict[str, int]:
 
 class HostEvidence:
     """What the host's network stack did about one request to a NodePort on 127.0.0.1, read right after it failed:
-    the counters that moved while it ran, conntrack's entries for the port that did not end as a closed connection
-    does (a refused one ends CLOSE; its reply source is the address that answered: a pod's, or 127.0.0.1 when no
-    DNAT happened), and kube-proxy's rules for the Service at that moment. Needs root and conntrack/iptables-save
-    (what the real node needs too); without them it says so."""
+    the counters that moved while it ran (the host's, and each pod's resets), which pods listened on the target
+    port, conntrack's entries for the port that are neither ESTABLISHED nor TIME_WAIT (kube-proxy's REJECT leaves an
+    UNREPLIED SYN_SENT one; a connection answered only by a reset is deleted at once), and kube-proxy's rules for
+    the Service at that moment. Needs root and conntrack/iptables-save (what the real node needs too); without them
+    it says so."""
 
     def __init__(self, port: int, service: str, target_port: int = 8080) -> None:
         self.port, self.service, self.target_port = port, service, target_port
@@ -330,25 +331,23 @@ class HostEvidence:
             return {}
         if time.monotonic() - self._pods_read > 1:  # pods come and go: their namespaces are looked up each second
             self._pods, self._pods_read = pod_network_namespaces(), time.monotonic()
-        counters = host_counters()
+        return host_counters() | self._pod_resets()
+
+    def _pod_resets(self) -> dict[str, int]:
+        """Each known pod's TCP resets, read in its network namespace (a pod that is gone is left out)."""
+        resets = {}
         for address, pid in self._pods.items():
             try:
-                counters[f"pod {address} Tcp.OutRsts"] = _snmp(f"/proc/{pid}/net/snmp")["Tcp.OutRsts"]
+                resets[f"pod {address} Tcp.OutRsts"] = _snmp(f"/proc/{pid}/net/snmp")["Tcp.OutRsts"]
             except (OSError, KeyError):
                 continue
-        return counters
+        return resets
 
     def after(self, before: dict[str, int]) -> list[str]:
         """Lines that say who refused: counters moved during the request, conntrack entries, kube-proxy's rules."""
         if self.missing:
             return [f"(no host evidence: {self.missing})"]
-        now = host_counters()
-        for key in [k for k in before if k.startswith("pod ")]:
-            pid = self._pods.get(key.split()[1])
-            try:
-                now[key] = _snmp(f"/proc/{pid}/net/snmp")["Tcp.OutRsts"]
-            except (OSError, KeyError):
-                continue
+        now = host_counters() | self._pod_resets()
         moved = {k: now[k] - before[k] for k in now if k in before and now[k] != before[k]}
         lines = [f"counters that moved during the request (host, and each pod's resets): {moved or 'none'}"]
         listeners = []

@@ -5,7 +5,7 @@ spec.serving.allowFrom names the other one.
 
 Opt-in (MODELDEPLOY_NETPOL_TEST=1, as the Argo CD tests): kube-router v2.1.0 is the only release of it that the Go
 module proxy here serves, and advisories are reported against it; it runs only for this test, on a cluster whose
-traffic stays on this host, and is stopped and its rules and ipsets removed (`--cleanup-config`) after it. See
+traffic stays on this host, and is stopped and its chains and ipsets removed after it. See
 docs/real-node.md for why no other enforcing implementation runs on these machines.
 """
 

@@ -5,7 +5,6 @@ certificate is served to new connections without a restart."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import ssl
 import subprocess
@@ -24,6 +23,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
+from modeldeploy.cluster.local import default_cache_root
 from modeldeploy.cluster.waiting import wait_until
 
 from .conftest import ServerProcess, start_server
@@ -210,9 +210,7 @@ def test_a_rotated_certificate_is_served_without_a_restart(secured: Secured) -> 
 @pytest.fixture(scope="session")
 def kserve_python() -> Path:
     """The Python of a virtualenv with KServe's SDK, made once per machine in the project's cache."""
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    cache = Path(os.environ.get("MODELDEPLOY_CACHE") or cache_home / "modeldeploy")
-    venv = cache / "venvs" / KSERVE.replace("==", "-")
+    venv = default_cache_root() / "venvs" / KSERVE.replace("==", "-")
     python, done = venv / "bin" / "python", venv / ".installed"
     if not done.exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)

@@ -46,6 +46,13 @@ def default_state_root() -> Path:
     return Path(os.environ.get("MODELDEPLOY_STATE_DIR", str(Path(base) / "modeldeploy" / "clusters")))
 
 
+def default_cache_root() -> Path:
+    """Where the builds of this project are cached, as the build scripts choose it (MODELDEPLOY_CACHE, else
+    $XDG_CACHE_HOME/modeldeploy, else ~/.cache/modeldeploy)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("MODELDEPLOY_CACHE") or Path(base) / "modeldeploy")
+
+
 def find_binaries(build: bool = True, *, real_node: bool = False, oldest: bool = False) -> Path:
     """The directory with the control plane's binaries, building them (once, cached) when they are missing; with
     `real_node`, also the kubelet, kube-proxy and the pause program; with `oldest`, the control plane of the oldest
