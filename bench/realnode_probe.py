@@ -113,7 +113,7 @@ def main() -> None:
     config.load_kube_config(str(default_state_root() / args.cluster / "kubeconfig"))
     core = client.CoreV1Api()
     prober = Prober(args.rate, range(first, last + 1))
-    active: dict[str, threading.Event] = {}
+    active: dict[str, tuple[threading.Event, threading.Thread]] = {}  # by Service, its stop and its prober
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     deadline = time.monotonic() + args.duration if args.duration else None
@@ -132,16 +132,19 @@ def main() -> None:
                 break
             for key, node_port in wanted.items():
                 if key not in active:
-                    active[key] = threading.Event()
-                    threading.Thread(target=prober.run, args=(key, node_port, active[key]), daemon=True).start()
+                    stop = threading.Event()
+                    thread = threading.Thread(target=prober.run, args=(key, node_port, stop), daemon=True)
+                    thread.start()
+                    active[key] = (stop, thread)
             for key in [k for k in active if k not in wanted]:
-                active.pop(key).set()
+                active.pop(key)[0].set()
             done.wait(0.3)
     except KeyboardInterrupt:
         pass
-    for stop in active.values():
+    for stop, _ in active.values():
         stop.set()
-    time.sleep(0.5)
+    for _, thread in active.values():
+        thread.join(timeout=10)  # a connect in flight ends within its 5 s timeout
     print("\nper Service: connects, and what failed")
     for key, counts in prober.results.items():
         print(f"  {key}: {counts}")
