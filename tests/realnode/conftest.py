@@ -75,7 +75,12 @@ def real_cluster() -> Iterator[RealCluster]:
     try:
         if not reuse:
             try:
-                local.up(bin_dir=bin_dir, owner_pid=os.getpid())
+                with pytest.MonkeyPatch.context() as patch:
+                    # kube-proxy logs each rule sync and its endpoints from level 2: a load test's failure quotes
+                    # those lines (ComponentLogs), and CI keeps nothing but the failure message.
+                    if not os.environ.get("MODELDEPLOY_REALNODE_VERBOSITY"):
+                        patch.setenv("MODELDEPLOY_REALNODE_VERBOSITY", "2")
+                    local.up(bin_dir=bin_dir, owner_pid=os.getpid())
             except ClusterError as err:
                 if "another cluster's real node" in str(err):
                     pytest.skip(str(err))

@@ -7,6 +7,7 @@ import ipaddress
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from modeldeploy.cluster import realnode
+from modeldeploy.cluster.local import default_state_root
 from modeldeploy.cluster.waiting import wait_until
 
 PLACEMENT = {
@@ -51,6 +53,11 @@ class RealCluster:
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
         return result
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where its components (kube-proxy, the kubelet, the control plane) write their logs."""
+        return default_state_root() / self.name / "logs"
 
     def create_namespace(self, name: str) -> None:
         """A namespace, once its default ServiceAccount exists (pods are refused before)."""
@@ -191,12 +198,21 @@ def event_line(event: str, obj: Any) -> str:
     return f"{stamp()} {event} event{at} {obj.type} {obj.reason} {what.kind}/{what.name}: {message}"
 
 
+def node_line(event: str, obj: Any) -> str:
+    """One change of the real node: its Ready condition (the node controller marks every pod on a node that stopped
+    reporting not ready, which empties their Services) and the kubelet's last heartbeat."""
+    ready = next((c for c in obj.status.conditions or [] if c.type == "Ready"), None)
+    state = f"{ready.status} ({ready.reason}, heartbeat {ready.last_heartbeat_time:%H:%M:%S})" if ready else "?"
+    return f"{stamp()} {event} node {obj.metadata.name} Ready={state}"
+
+
 def watch_lines(
     list_call: Any,
     args: tuple[Any, ...],
     line: Callable[[str, Any], str],
     emit: Callable[[str], object],
     stop: threading.Event,
+    **kwargs: Any,
 ) -> None:
     """Each change `list_call` watches, as `line` writes it, to `emit`, until `stop`; a broken watch is restarted
     and the lines say so."""
@@ -205,7 +221,7 @@ def watch_lines(
     while not stop.is_set():
         w = watch.Watch()
         try:
-            for event in w.stream(list_call, *args, timeout_seconds=30):
+            for event in w.stream(list_call, *args, timeout_seconds=30, **kwargs):
                 emit(line(event["type"], event["object"]))
                 if stop.is_set():
                     w.stop()
@@ -214,24 +230,28 @@ def watch_lines(
 
 
 class Witness:
-    """Every pod, EndpointSlice and Event change in a namespace, with the time it was seen: what a failed request is
-    lined up against in the test's own failure message (CI keeps nothing else of a run)."""
+    """Every pod, EndpointSlice and Event change in a namespace and every change of the real node, with the time it
+    was seen: what a failed request is lined up against in the test's own failure message (CI keeps nothing else of
+    a run)."""
 
     def __init__(self, kubeconfig: Path, namespace: str) -> None:
         from kubernetes import client, config  # noqa: PLC0415 - only the load tests watch
 
         api = config.new_client_from_config(str(kubeconfig))
+        core = client.CoreV1Api(api)
         self.lines: list[str] = []
         self._stop = threading.Event()
+        watches: list[tuple[Any, tuple[Any, ...], Callable[[str, Any], str], dict[str, Any]]] = [
+            (core.list_namespaced_pod, (namespace,), pod_line, {}),
+            (client.DiscoveryV1Api(api).list_namespaced_endpoint_slice, (namespace,), endpoint_line, {}),
+            (core.list_namespaced_event, (namespace,), event_line, {}),
+            (core.list_node, (), node_line, {"field_selector": f"metadata.name={realnode.NODE_NAME}"}),
+        ]
         self._threads = [
             threading.Thread(
-                target=watch_lines, args=(list_call, (namespace,), line, self.lines.append, self._stop), daemon=True
+                target=watch_lines, args=(call, args, line, self.lines.append, self._stop), kwargs=kw, daemon=True
             )
-            for list_call, line in (
-                (client.CoreV1Api(api).list_namespaced_pod, pod_line),
-                (client.DiscoveryV1Api(api).list_namespaced_endpoint_slice, endpoint_line),
-                (client.CoreV1Api(api).list_namespaced_event, event_line),
-            )
+            for call, args, line, kw in watches
         ]
         for t in self._threads:
             t.start()
@@ -242,6 +262,57 @@ class Witness:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+# A klog line's time of day: "I1203 06:45:20.286486   18953 proxier.go:1484] ...".
+KLOG_TIME = re.compile(r"^[IWEF]\d{4} (\d\d:\d\d:\d\d\.\d+) ")
+
+
+def _tail(path: Path, size: int = 32 << 20) -> list[str]:
+    """The last `size` bytes of a log, as lines (none if it cannot be read)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+class ComponentLogs:
+    """What the node and the control plane logged near a moment: every kube-proxy line (at verbosity 2 each rule
+    sync says how many endpoints it programmed), and the kubelet's and the controller-manager's lines about one
+    namespace (probes, containers started and killed, EndpointSlice updates). The Witness shows what the API said;
+    these show what the components that act on it did, and when."""
+
+    COMPONENTS = ("kube-proxy", "kubelet", "kube-controller-manager")
+    # kube-proxy's level-2 lines that say nothing about this node's IPv4 rules: a line per Service per sync on
+    # topology hints no Service here has, and the syncs of the (empty) IPv6 family.
+    NOISE = ("topology hints", 'ipFamily="IPv6"')
+
+    def __init__(self, logs_dir: Path, namespace: str) -> None:
+        self.logs_dir, self.namespace = logs_dir, namespace
+
+    def around(self, when: str, seconds: float = 3.0, per_component: int = 12) -> list[str]:
+        """Each component's lines within `seconds` of `when`, the `per_component` nearest to it, in time order."""
+        at = _seconds(when)
+        lines = []
+        for component in self.COMPONENTS:
+            needle = "" if component == "kube-proxy" else f"{self.namespace}/"
+            near = []
+            for line in _tail(self.logs_dir / f"{component}.log"):
+                found = KLOG_TIME.match(line)
+                noise = any(text in line for text in self.NOISE)
+                if found and needle in line and not noise and abs(_seconds(found[1]) - at) <= seconds:
+                    near.append((_seconds(found[1]), line))
+            nearest = sorted(sorted(near, key=lambda item: abs(item[0] - at))[:per_component])
+            lines += [f"{component}: {' '.join(line.split())[:300]}" for _, line in nearest]
+        return lines or [f"(no line of {', '.join(self.COMPONENTS)} within {seconds:.0f} s)"]
+
+
+def service_rules(table: str, service: str) -> list[str]:
+    """kube-proxy's rules in `table` for one Service (`namespace/name`): each names it in its comment."""
+    rules = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=False).stdout
+    return [r for r in rules.splitlines() if f'"{service}' in r or f"{service} " in r]
 
 
 # The host's counters that tell who refused a connection: a reset sent by the host's own stack (a SYN to 127.0.0.1
@@ -360,12 +431,17 @@ class HostEvidence:
         entries = subprocess.run(
             ["conntrack", "-L", "-p", "tcp", "--dport", str(self.port)], capture_output=True, text=True, check=False
         ).stdout.splitlines()
-        odd = [e for e in entries if " ESTABLISHED " not in e and " TIME_WAIT " not in e]
-        lines.append(f"conntrack: {len(entries)} entries for port {self.port}, {len(odd)} not ESTABLISHED/TIME_WAIT:")
-        lines += [f"  {' '.join(e.split())}" for e in odd[:8]]
+        # An entry whose reply comes from 127.0.0.1 was never DNAT'd: a SYN of the same source port meets the host's
+        # own stack. Those first, then the rest of what is neither ESTABLISHED nor TIME_WAIT.
+        undnat = [e for e in entries if [f for f in e.split() if f.startswith("src=")][1:2] == ["src=127.0.0.1"]]
+        odd = [e for e in entries if " ESTABLISHED " not in e and " TIME_WAIT " not in e and e not in undnat]
+        lines.append(
+            f"conntrack: {len(entries)} entries for port {self.port}, {len(undnat)} not DNAT'd (the reply from "
+            f"127.0.0.1), {len(odd)} others neither ESTABLISHED nor TIME_WAIT:"
+        )
+        lines += [f"  {' '.join(e.split())}" for e in (undnat + odd)[:12]]
         for table in ("nat", "filter"):
-            rules = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=False).stdout
-            mine = [r for r in rules.splitlines() if f'"{self.service}' in r or f"{self.service} " in r]
+            mine = service_rules(table, self.service)
             lines.append(f"iptables -t {table}, the rules of {self.service}: {len(mine)}")
             lines += [f"  {r}" for r in mine[:12]]
         return lines

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rn_support import HostEvidence, Models, RealCluster, Witness, stamp
+from rn_support import ComponentLogs, HostEvidence, Models, RealCluster, Witness, stamp
 
 from modeldeploy.cluster import realnode
 from modeldeploy.cluster.portforward import PortForward
@@ -93,14 +93,16 @@ def _answers(url: str, name: str, x: np.ndarray[Any, Any]) -> bool:
 
 class Load:
     """Requests in a loop until stopped; counts failures and the model versions seen. With `models`, a Witness
-    records the namespace's pod, EndpointSlice and Event changes, HostEvidence reads what the host's network stack
-    did about the first failed requests, and `explain()` lines each failure up with both."""
+    records the namespace's pod, EndpointSlice and Event changes and the node's, HostEvidence reads what the host's
+    network stack did about the first failed requests, and `explain()` lines each failure up with both and with what
+    kube-proxy, the kubelet and the controller-manager logged around it."""
 
     def __init__(self, url: str, model: str, models: Models | None = None) -> None:
         self.url, self.model = url, model
         self.witness = Witness(models.cluster.kubeconfig, models.namespace) if models is not None else None
         port = int(url.rsplit(":", 1)[1])
         self.host = HostEvidence(port, f"{models.namespace}/{model}-nodeport") if models is not None else None
+        self.logs = ComponentLogs(models.cluster.logs_dir, models.namespace) if models is not None else None
         self.evidence: dict[str, list[str]] = {}  # the first failures' host evidence, by their time
         self.x, _ = held_out_digits(4)
         self.ok = 0
@@ -142,8 +144,9 @@ class Load:
         parts = [f"{len(self.failures)} failed of {total}: {self.failures[:5]}"]
         for failure in self.failures[:3] if self.witness is not None else []:
             when = failure.split(" ", 1)[0]
-            seen = self.witness.around(when) or ["(no pod, EndpointSlice or Event change)"]
-            lines = "\n    ".join(seen + self.evidence.get(when, []))
+            seen = self.witness.around(when) or ["(no pod, EndpointSlice, Event or node change)"]
+            logged = self.logs.around(when) if self.logs is not None else []
+            lines = "\n    ".join(seen + self.evidence.get(when, []) + logged)
             parts.append(f"  around {failure}:\n    {lines}")
         return "\n".join(parts)
 
