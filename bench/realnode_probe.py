@@ -10,12 +10,13 @@ being deleted: a namespace's teardown refuses connections by design. Each refuse
 connect is printed with its time (ms) and source port; a packet capture can look the port up. A connect slower
 than 0.5 s is a lost SYN that was sent again. A summary per Service comes at the end.
 
-The probes use source ports of their own (--ports, below the NodePort range and outside the kernel's ephemeral
-range), and wait for the first answer with kernel-chosen ports. The reason: a connect refused while kube-proxy
-still REJECTs a new Service leaves a conntrack entry with no DNAT (SYN_SENT, UNREPLIED, 120 s). A later connect
-from the same source port to the same NodePort matches that entry and is refused by the host, whatever the
-endpoints are. The kernel gives one destination its ports again after about 3,100 connections (measured here). At
-300 a second that is about 10 s, so a prober on kernel-chosen ports finds its own first refusals again.
+The probes start once kube-proxy routes the Service to an endpoint (rn_support.nodeport_routed), and use
+source ports of their own (--ports, below the NodePort range and outside the kernel's ephemeral range). The
+reason: a connect refused while kube-proxy still REJECTs a new Service leaves a conntrack entry with no DNAT
+(SYN_SENT, UNREPLIED, 120 s). A later connect from the same source port to the same NodePort matches that entry and
+is refused by the host, whatever the endpoints are; and the REJECT's ICMP errors make the kernel restart its
+source-port walk for that destination elsewhere, so kernel-chosen ports come back to it. A prober that waited on
+kernel-chosen ports would plant such entries in front of the tests' own requests.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from kubernetes import client, config
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "realnode"))
 
-from rn_support import stamp  # noqa: E402
+from rn_support import nodeport_routed, stamp  # noqa: E402
 
 from modeldeploy.cluster.local import default_state_root  # noqa: E402
 
@@ -57,12 +58,8 @@ class Prober:
             return next(self._ports)
 
     def run(self, key: str, node_port: int, stop: threading.Event) -> None:
-        while not stop.is_set():  # kube-proxy's first rules: wait on kernel-chosen ports (see the docstring)
-            try:
-                socket.create_connection(("127.0.0.1", node_port), timeout=2).close()
-                break
-            except OSError:
-                stop.wait(0.2)
+        while not stop.is_set() and not nodeport_routed(key):  # no connect kube-proxy would REJECT (docstring)
+            stop.wait(0.2)
         print(f"{stamp()} {key} :{node_port} probing", flush=True)
         counts = self.results.setdefault(key, {"connects": 0, "slow": 0})
         due = time.monotonic()

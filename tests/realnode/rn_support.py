@@ -315,6 +315,22 @@ def service_rules(table: str, service: str) -> list[str]:
     return [r for r in rules.splitlines() if f'"{service}' in r or f"{service} " in r]
 
 
+def nodeport_routed(service: str) -> bool:
+    """Whether kube-proxy sends the NodePort of `service` (`namespace/name`) to an endpoint: a nat rule names one
+    (`... --comment "ns/name -> 10.245.0.9:8080" ...`) and no filter rule REJECTs it.
+
+    Wait for this before the first connection from this host to a new NodePort. kube-proxy writes a new Service's
+    rules before its endpoints, and until then REJECTs it in the INPUT chain: a connection from this host has passed
+    POSTROUTING by then, so conntrack keeps its entry (SYN_SENT, UNREPLIED, no DNAT) for 120 s. A later connection
+    from the same source port to the same NodePort is taken for that entry's retransmitted SYN: no DNAT, and this
+    host's own stack refuses it, whatever endpoints are ready. kube-proxy flushes such entries for UDP only, and the
+    ICMP errors of the REJECT make the kernel restart its source-port walk for that destination elsewhere, so the
+    later connections do come back to those ports (measured: docs/real-node.md, "Stale conntrack entries").
+    """
+    routed = any(" -> " in rule for rule in service_rules("nat", service))
+    return routed and not any("REJECT" in rule for rule in service_rules("filter", service))
+
+
 # The host's counters that tell who refused a connection: a reset sent by the host's own stack (a SYN to 127.0.0.1
 # that no DNAT rule caught, delivered to a port nothing listens on), kube-proxy's REJECT (an ICMP port unreachable: a
 # Service without endpoints), conntrack dropping or failing to insert an entry (a NAT clash). A pod's reset is sent

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rn_support import ComponentLogs, HostEvidence, Models, RealCluster, Witness, stamp
+from rn_support import ComponentLogs, HostEvidence, Models, RealCluster, Witness, nodeport_routed, stamp
 
 from modeldeploy.cluster import realnode
 from modeldeploy.cluster.portforward import PortForward
@@ -78,6 +78,10 @@ def nodeport_service(models: Models, name: str) -> str:
     models.kubectl("apply", "-f", "-", input=json.dumps(manifest))
     port = models.get("service", f"{name}-nodeport")["spec"]["ports"][0]["nodePort"]
     url = f"http://127.0.0.1:{port}"
+    # No connection before kube-proxy routes the port: one it REJECTs leaves a conntrack entry that refuses a later
+    # request from the same source port (nodeport_routed says how).
+    service = f"{models.namespace}/{name}-nodeport"
+    wait_until(lambda: nodeport_routed(service), timeout=60, what=f"kube-proxy to route {service} to an endpoint")
     x, _ = held_out_digits(1)
     wait_until(lambda: _answers(url, name, x), timeout=60, what=f"the NodePort {url} to answer")
     return url
