@@ -28,10 +28,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "realnode"))
 
-from rn_support import Models, Operator, RealCluster  # noqa: E402
+from rn_support import Models, Operator, existing_cluster  # noqa: E402
 from test_digits_realnode import DIGITS, READY_TIMEOUT, Load, nodeport_service  # noqa: E402
 
-from modeldeploy.cluster.local import ClusterState, default_state_root  # noqa: E402
 from modeldeploy.cluster.waiting import wait_until  # noqa: E402
 
 
@@ -67,15 +66,10 @@ def main() -> None:
     parser.add_argument("--keep-going", action="store_true", help="run on after a failure")
     args = parser.parse_args()
 
-    state = ClusterState.load(default_state_root() / args.cluster)
-    if state is None or not state.real_node:
-        sys.exit(f"{args.cluster} is not a local cluster with a real node")
-    kubeconfig = default_state_root() / args.cluster / "kubeconfig"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{state.bin_dir}:{os.environ.get('PATH', '')}"}
-    cluster = RealCluster(args.cluster, kubeconfig, str(Path(state.bin_dir) / "kubectl"), env)
+    cluster = existing_cluster(args.cluster)
     namespace = f"churn-{uuid.uuid4().hex[:6]}"
     cluster.create_namespace(namespace)
-    operator = Operator(env, namespace, Path(f"/tmp/{namespace}-operator.log"))
+    operator = Operator(cluster.env, namespace, Path(f"/tmp/{namespace}-operator.log"))
     models = Models(cluster, namespace, operator)
     failed_total = requests_total = deletions = 0
     try:

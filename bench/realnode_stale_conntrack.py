@@ -31,10 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "realnode"))
 
-from rn_support import PLACEMENT, RealCluster, nodeport_routed, service_rules  # noqa: E402
+from rn_support import PLACEMENT, RealCluster, existing_cluster, nodeport_routed, service_rules  # noqa: E402
 
 from modeldeploy.cluster import realnode  # noqa: E402
-from modeldeploy.cluster.local import ClusterState, default_state_root  # noqa: E402
 from modeldeploy.cluster.waiting import wait_until  # noqa: E402
 
 SERVER = (
@@ -163,12 +162,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=1000, help="the load's connects per round")
     args = parser.parse_args()
-    state = ClusterState.load(default_state_root() / args.cluster)
-    if state is None or not state.real_node:
-        sys.exit(f"{args.cluster} is not a local cluster with a real node")
-    kubeconfig = default_state_root() / args.cluster / "kubeconfig"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{state.bin_dir}:{os.environ.get('PATH', '')}"}
-    cluster = RealCluster(args.cluster, kubeconfig, str(Path(state.bin_dir) / "kubectl"), env)
+    cluster = existing_cluster(args.cluster)
     described, refused, again, rounds_hit = [], 0, 0, 0
     for round_ in range(1, args.rounds + 1):
         print(f"round {round_}:")

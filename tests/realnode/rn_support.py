@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from modeldeploy.cluster import realnode
-from modeldeploy.cluster.local import default_state_root
+from modeldeploy.cluster.local import ClusterState, default_state_root
 from modeldeploy.cluster.waiting import wait_until
 
 PLACEMENT = {
@@ -67,6 +67,16 @@ class RealCluster:
             timeout=30,
             what=f"the default ServiceAccount in {name}",
         )
+
+
+def existing_cluster(name: str) -> RealCluster:
+    """The handle of a local cluster already up with a real node (a bench's --cluster); exits saying so if not."""
+    state = ClusterState.load(default_state_root() / name)
+    if state is None or not state.real_node:
+        sys.exit(f"{name} is not a local cluster with a real node")
+    kubeconfig = default_state_root() / name / "kubeconfig"
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{state.bin_dir}:{os.environ.get('PATH', '')}"}
+    return RealCluster(name, kubeconfig, str(Path(state.bin_dir) / "kubectl"), env)
 
 
 class Operator:
