@@ -14,9 +14,9 @@ The probes start once kube-proxy routes the Service to an endpoint (rn_support.n
 source ports of their own (--ports, below the NodePort range and outside the kernel's ephemeral range). The
 reason: a connect refused while kube-proxy still REJECTs a new Service leaves a conntrack entry with no DNAT
 (SYN_SENT, UNREPLIED, 120 s). A later connect from the same source port to the same NodePort matches that entry and
-is refused by the host, whatever the endpoints are; and the REJECT's ICMP errors make the kernel restart its
-source-port walk for that destination elsewhere, so kernel-chosen ports come back to it. A prober that waited on
-kernel-chosen ports would plant such entries in front of the tests' own requests.
+is refused by the host, whatever the endpoints are; and the kernel's walk over one destination's source ports
+restarts elsewhere now and then, so kernel-chosen ports come back to it. A prober that waited on kernel-chosen
+ports would plant such entries in front of the tests' own requests.
 """
 
 from __future__ import annotations

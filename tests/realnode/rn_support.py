@@ -334,8 +334,8 @@ def nodeport_routed(service: str) -> bool:
     POSTROUTING by then, so conntrack keeps its entry (SYN_SENT, UNREPLIED, no DNAT) for 120 s. A later connection
     from the same source port to the same NodePort is taken for that entry's retransmitted SYN: no DNAT, and this
     host's own stack refuses it, whatever endpoints are ready. kube-proxy flushes such entries for UDP only, and the
-    ICMP errors of the REJECT make the kernel restart its source-port walk for that destination elsewhere, so the
-    later connections do come back to those ports (measured: docs/real-node.md, "Stale conntrack entries").
+    kernel's walk over one destination's source ports restarts elsewhere now and then, so a load does come back to
+    those ports within the 120 s (measured: docs/real-node.md, "Stale conntrack entries").
     """
     routed = any(" -> " in rule for rule in service_rules("nat", service))
     return routed and not any("REJECT" in rule for rule in service_rules("filter", service))
