@@ -460,7 +460,7 @@ class HostEvidence:
         # An entry whose reply comes from 127.0.0.1 was never DNAT'd: a SYN of the same source port meets the host's
         # own stack. Those first, then the rest of what is neither ESTABLISHED nor TIME_WAIT.
         undnat = [e for e in entries if [f for f in e.split() if f.startswith("src=")][1:2] == ["src=127.0.0.1"]]
-        odd = [e for e in entries if " ESTABLISHED " not in e and " TIME_WAIT " not in e and e not in undnat]
+        odd = [e for e in set(entries) - set(undnat) if " ESTABLISHED " not in e and " TIME_WAIT " not in e]
         lines.append(
             f"conntrack: {len(entries)} entries for port {self.port}, {len(undnat)} not DNAT'd (the reply from "
             f"127.0.0.1), {len(odd)} others neither ESTABLISHED nor TIME_WAIT:"
