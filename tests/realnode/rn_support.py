@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import itertools
 import json
@@ -302,18 +303,26 @@ class ComponentLogs:
     def __init__(self, logs_dir: Path, namespace: str) -> None:
         self.logs_dir, self.namespace = logs_dir, namespace
 
+    @functools.cached_property
+    def _timed(self) -> dict[str, list[tuple[float, str]]]:
+        """Each component's lines that concern the test, with their time of day. Read once, at the first `around()`:
+        the failures are explained after the load has stopped, so the logs hold all of them by then."""
+        timed = {}
+        for component in self.COMPONENTS:
+            needle = "" if component == "kube-proxy" else f"{self.namespace}/"
+            timed[component] = [
+                (_seconds(found[1]), line)
+                for line in _tail(self.logs_dir / f"{component}.log")
+                if needle in line and not any(text in line for text in self.NOISE) and (found := KLOG_TIME.match(line))
+            ]
+        return timed
+
     def around(self, when: str, seconds: float = 3.0, per_component: int = 12) -> list[str]:
         """Each component's lines within `seconds` of `when`, the `per_component` nearest to it, in time order."""
         at = _seconds(when)
         lines = []
-        for component in self.COMPONENTS:
-            needle = "" if component == "kube-proxy" else f"{self.namespace}/"
-            near = []
-            for line in _tail(self.logs_dir / f"{component}.log"):
-                found = KLOG_TIME.match(line)
-                noise = any(text in line for text in self.NOISE)
-                if found and needle in line and not noise and abs(_seconds(found[1]) - at) <= seconds:
-                    near.append((_seconds(found[1]), line))
+        for component, timed in self._timed.items():
+            near = [item for item in timed if abs(item[0] - at) <= seconds]
             nearest = sorted(sorted(near, key=lambda item: abs(item[0] - at))[:per_component])
             lines += [f"{component}: {' '.join(line.split())[:300]}" for _, line in nearest]
         return lines or [f"(no line of {', '.join(self.COMPONENTS)} within {seconds:.0f} s)"]
