@@ -60,6 +60,8 @@ class Prober:
     def run(self, key: str, node_port: int, stop: threading.Event) -> None:
         while not stop.is_set() and not nodeport_routed(key):  # no connect kube-proxy would REJECT (docstring)
             stop.wait(0.2)
+        if stop.is_set():  # its namespace went before kube-proxy routed it: nothing was probed
+            return
         print(f"{stamp()} {key} :{node_port} probing", flush=True)
         counts = self.results.setdefault(key, {"connects": 0, "slow": 0})
         due = time.monotonic()
